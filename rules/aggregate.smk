@@ -1,0 +1,33 @@
+# Stage: per-tissue median rTRE tables over all pairs and methods.
+
+
+def all_evaluations(wildcards):
+    pairs = pairs_table(wildcards.dataset)
+    return expand(
+        "results/{dataset}/evaluation/{method}/{pair_id}.json",
+        dataset=wildcards.dataset,
+        method=config["evaluate"]["methods"],
+        pair_id=pairs["pair_id"],
+    )
+
+
+rule tables:
+    input:
+        pairs="results/{dataset}/dataset.csv",
+        summaries=all_evaluations,
+    output:
+        csv="results/{dataset}/tables/median_rtre.csv",
+        md="results/{dataset}/tables/median_rtre.md",
+        pairs="results/{dataset}/tables/pairs.csv",
+    params:
+        methods=config["evaluate"]["methods"],
+        code=src_hash("evaluation"),
+    log:
+        "logs/tables/{dataset}.log",
+    conda:
+        "../envs/evaluate.yaml"
+    threads: 1
+    resources:
+        mem_mb=500,
+    script:
+        "../workflow_scripts/tables.py"

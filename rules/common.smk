@@ -1,0 +1,88 @@
+# Helpers and input functions shared by the rules. Nothing here reads pixels.
+import hashlib
+import os
+import re
+
+from srnet_core.config import validate_config
+from srnet_core.datasets import read_pairs
+from srnet_core.demo import demo_files
+
+validate_config(config)
+
+
+def ds_config(dataset):
+    return config["datasets"][dataset]
+
+
+def names_with_source(source):
+    return [n for n, d in config["datasets"].items() if d["source"] == source]
+
+
+def alternation(values):
+    """Regex matching exactly these strings (never matches when the list is empty)."""
+    return "|".join(re.escape(v) for v in values) if values else "(?!x)x"
+
+
+def cover_table(dataset):
+    d = ds_config(dataset)
+    return d["table"] if os.path.isabs(d["table"]) else os.path.join(d["root"], d["table"])
+
+
+def existing(path):
+    """A path as a rule input only when it exists: a missing user file then fails that one job with a
+    clear message from srnet_core, instead of failing the whole DAG before anything runs."""
+    return [path] if path and os.path.exists(path) else []
+
+
+def raw_inputs(wildcards):
+    """Everything the dataset stage needs on disk before it can list pairs."""
+    d = ds_config(wildcards.dataset)
+    if d["source"] == "demo":
+        return [os.path.join(d["root"], f) for f in demo_files()]
+    if d["source"] == "download":
+        files = [os.path.join(d["root"], f["path"]) for f in d["files"]]
+        marks = [os.path.join(d["root"], f["path"] + ".unpacked") for f in d["files"] if f["unpack"]]
+        return files + marks
+    return existing(cover_table(wildcards.dataset))
+
+
+def download_entry(dataset, path):
+    d = ds_config(dataset)
+    entry = next(f for f in d["files"] if f["path"] == path)
+    return {"url": entry["url"] or d["url_base"] + path, "sha256": entry["sha256"]}
+
+
+def pairs_table(dataset):
+    """The normalized pair table (after the `dataset` checkpoint has run)."""
+    return read_pairs(checkpoints.dataset.get(dataset=dataset).output.pairs)
+
+
+def images_table(dataset):
+    import pandas as pd
+
+    out = checkpoints.dataset.get(dataset=dataset).output.images
+    return pd.read_csv(out, dtype=str, keep_default_na=False).set_index("image_id")
+
+
+def image_record(wildcards):
+    return images_table(wildcards.dataset).loc[wildcards.image_id]
+
+
+def pair_record(wildcards):
+    return pairs_table(wildcards.dataset).set_index("pair_id").loc[wildcards.pair_id]
+
+
+_SRC_HASHES = {}
+
+
+def src_hash(*modules):
+    """Hash of the srnet_core modules a stage runs, passed through params: so that changing the
+    library's code re-runs the stages that use it (Snakemake tracks only the rule's own script)."""
+    key = tuple(sorted(modules))
+    if key not in _SRC_HASHES:
+        digest = hashlib.sha256()
+        for module in key:
+            with open(os.path.join(workflow.basedir, "srnet_core", module + ".py"), "rb") as f:
+                digest.update(f.read())
+        _SRC_HASHES[key] = digest.hexdigest()[:16]
+    return _SRC_HASHES[key]

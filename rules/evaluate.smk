@@ -1,0 +1,35 @@
+# Stage: errors of one pair for one method (rTRE against the fixed landmarks).
+
+
+def warped_landmarks(wildcards):
+    """Moving landmarks mapped into the fixed frame by the method; `initial` is the identity."""
+    pair = pair_record(wildcards)
+    if wildcards.method == "initial":
+        return pair["moving_landmarks_path"]
+    return f"results/{wildcards.dataset}/registration/{wildcards.method}/{wildcards.pair_id}/warped_landmarks.csv"
+
+
+rule evaluate:
+    input:
+        fixed=lambda wc: f"results/{wc.dataset}/prepared/{pair_record(wc)['fixed_id']}.h5",
+        moving=lambda wc: f"results/{wc.dataset}/prepared/{pair_record(wc)['moving_id']}.h5",
+        landmarks=lambda wc: existing(pair_record(wc)["fixed_landmarks_path"])
+        + existing(warped_landmarks(wc)),
+    output:
+        errors="results/{dataset}/evaluation/{method}/{pair_id}.csv",
+        summary="results/{dataset}/evaluation/{method}/{pair_id}.json",
+    params:
+        pair=lambda wc: pair_record(wc)[["tissue", "status", "row", "error"]].to_dict(),
+        fixed_landmarks=lambda wc: pair_record(wc)["fixed_landmarks_path"],
+        warped_landmarks=warped_landmarks,
+        missing_landmarks=lambda wc: ds_config(wc.dataset)["missing_landmarks"],
+        code=src_hash("evaluation", "landmarks", "h5io"),
+    log:
+        "logs/evaluate/{dataset}/{method}/{pair_id}.log",
+    conda:
+        "../envs/evaluate.yaml"
+    threads: 1
+    resources:
+        mem_mb=500,
+    script:
+        "../workflow_scripts/evaluate.py"

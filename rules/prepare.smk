@@ -1,0 +1,29 @@
+# Stage 2: one working-resolution image, tissue mask and exact scale factors per image.
+
+
+rule prepare:
+    input:
+        image=lambda wc: existing(image_record(wc)["path"]),
+        images="results/{dataset}/images.csv",
+    output:
+        "results/{dataset}/prepared/{image_id}.h5",
+    params:
+        path=lambda wc: image_record(wc)["path"],
+        error=lambda wc: image_record(wc)["error"],
+        max_side=config["prepare"]["max_side"],
+        mpp=config["prepare"]["mpp"],
+        min_tissue_fraction=config["prepare"]["min_tissue_fraction"],
+        tile_size=config["prepare"]["tile_size"],
+        tile_min_tissue=config["prepare"]["tile_min_tissue"],
+        code=src_hash("prepare", "slides", "tissue", "h5io"),
+    log:
+        "logs/prepare/{dataset}/{image_id}.log",
+    benchmark:
+        "benchmarks/prepare/{dataset}/{image_id}.tsv"
+    conda:
+        "../envs/slides.yaml"
+    threads: 1
+    resources:
+        mem_mb=1500,
+    script:
+        "../workflow_scripts/prepare.py"

@@ -1,0 +1,62 @@
+"""Validate the workflow config against config.schema.yaml, filling in every default."""
+
+from __future__ import annotations
+
+import copy
+import os
+from importlib import resources
+
+import yaml
+from jsonschema import Draft202012Validator, validators
+
+SCHEMA_FILE = "config.schema.yaml"
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def load_schema() -> dict:
+    return yaml.safe_load(resources.files("srnet_core").joinpath(SCHEMA_FILE).read_text())
+
+
+def _with_defaults(cls):
+    check_properties = cls.VALIDATORS["properties"]
+
+    def properties(validator, props, instance, schema):
+        if isinstance(instance, dict):
+            for name, sub in props.items():
+                if "default" in sub:
+                    instance.setdefault(name, copy.deepcopy(sub["default"]))
+        yield from check_properties(validator, props, instance, schema)
+
+    return validators.extend(cls, {"properties": properties})
+
+
+_Validator = _with_defaults(Draft202012Validator)
+
+
+def validate_config(config: dict) -> dict:
+    """Fill defaults in place and check; raises ConfigError with every problem listed."""
+    schema = load_schema()
+    errors = sorted(_Validator(schema).iter_errors(config), key=lambda e: list(e.path))
+    problems = [f"config.{'.'.join(str(p) for p in e.path) or '(top)'}: {e.message}" for e in errors]
+    for name, ds in (config.get("datasets") or {}).items():
+        if not isinstance(ds, dict):
+            continue
+        if ds.get("source") == "local" and not ds.get("root"):
+            problems.append(f"config.datasets.{name}: a local dataset needs `root`")
+        if ds.get("source") == "download" and not ds.get("files"):
+            problems.append(f"config.datasets.{name}: a download dataset needs `files`")
+        if ds.get("source") in ("demo", "download"):
+            generated = os.path.join("data", name)
+            if ds.get("root") not in (None, generated):
+                problems.append(f"config.datasets.{name}: `root` is only for local datasets; "
+                                f"{ds['source']} datasets live in {generated}")
+            ds["root"] = generated
+    for name in config.get("run", []):
+        if name not in (config.get("datasets") or {}):
+            problems.append(f"config.run: dataset {name!r} is not defined under `datasets`")
+    if problems:
+        raise ConfigError("invalid srnet configuration:\n  " + "\n  ".join(problems))
+    return config

@@ -1,0 +1,225 @@
+"""Reading slides at a working resolution without ever holding full resolution in memory.
+
+OpenSlide reads whole-slide formats (SVS, NDPI, MRXS, tiled pyramidal TIFF, ...): we pick the pyramid
+level closest to (and not coarser than) the wanted downsample, stream that level in strips, box-average
+each strip by the largest integer factor that still fits, then resample the small result to the exact
+output size. libvips reads everything else (JPEG, PNG, strip TIFF, ...) with shrink-on-load for JPEG
+and sequential access, so a 40k px JPEG costs a strip, not the image.
+
+The output size is round(full / downsample) per axis, never larger than full resolution; the scale
+factors recorded are exact: s = working size / full size per axis (see coords.py for the convention).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InputError
+
+log = logging.getLogger(__name__)
+
+# Strip budget for streaming a pyramid level (RGBA uint8 bytes held at once).
+STRIP_BYTES = 64 * 1024 * 1024
+
+
+@dataclass
+class SlideInfo:
+    path: str
+    width: int                      # full-resolution size in pixels
+    height: int
+    reader: str                     # "openslide" or "libvips"
+    vendor: str = ""                # OpenSlide vendor, or the libvips loader name
+    mpp_x: float = float("nan")     # microns per pixel at full resolution, NaN when unknown
+    mpp_y: float = float("nan")
+    levels: list = field(default_factory=list)   # [(width, height, downsample), ...]
+
+    def to_attrs(self) -> dict:
+        d = asdict(self)
+        d["levels"] = np.asarray(self.levels, dtype=np.float64).reshape(-1, 3)
+        return d
+
+
+def _check_exists(path: Path) -> None:
+    if not path.exists():
+        raise InputError(path, "image file not found")
+    if not path.is_file():
+        raise InputError(path, "not a regular file")
+    if path.stat().st_size == 0:
+        raise InputError(path, "image file is empty")
+
+
+def _openslide_format(path: Path) -> str | None:
+    import openslide
+    try:
+        return openslide.OpenSlide.detect_format(os.fspath(path))
+    except Exception:  # detect_format raises on some unreadable files: treat as "not a WSI"
+        return None
+
+
+def slide_info(path: str | os.PathLike) -> SlideInfo:
+    """Read only the header: size, reader, resolution and pyramid levels."""
+    path = Path(path)
+    _check_exists(path)
+    vendor = _openslide_format(path)
+    if vendor is not None:
+        import openslide
+        try:
+            with openslide.OpenSlide(os.fspath(path)) as slide:
+                return _openslide_info(path, slide, vendor)
+        except openslide.OpenSlideError as exc:
+            raise InputError(path, f"corrupt or truncated slide ({exc})") from None
+    import pyvips
+    try:
+        header = pyvips.Image.new_from_file(os.fspath(path))
+    except pyvips.Error as exc:
+        raise InputError(path, f"unsupported or unreadable image format ({_first_line(exc)})") from None
+    mpp = 1000.0 / header.xres if header.xres > 1.0 else float("nan")  # xres is pixels per mm
+    mpp_y = 1000.0 / header.yres if header.yres > 1.0 else float("nan")
+    return SlideInfo(os.fspath(path), header.width, header.height, "libvips",
+                     header.get("vips-loader"), mpp, mpp_y, [(header.width, header.height, 1.0)])
+
+
+def _openslide_info(path: Path, slide, vendor: str) -> SlideInfo:
+    props = slide.properties
+    def prop(name):
+        try:
+            return float(props.get(name, "nan"))
+        except ValueError:
+            return float("nan")
+    width, height = slide.dimensions
+    levels = [(w, h, width / w) for (w, h) in slide.level_dimensions]
+    return SlideInfo(os.fspath(path), width, height, "openslide", vendor,
+                     prop("openslide.mpp-x"), prop("openslide.mpp-y"), levels)
+
+
+def _first_line(exc: Exception) -> str:
+    return " ".join(str(exc).split())[:300]
+
+
+def working_size(info: SlideInfo, max_side: int | None = None, mpp: float | None = None) -> tuple[int, int]:
+    """(width, height) of the working image: longest side `max_side`, or `mpp` microns per pixel.
+    Never upsamples."""
+    if (max_side is None) == (mpp is None):
+        raise ValueError("give exactly one of max_side and mpp")
+    if mpp is not None:
+        if not math.isfinite(info.mpp_x):
+            raise InputError(info.path, "the image records no pixel size (mpp); set prepare.max_side "
+                                        "instead of prepare.mpp for this dataset")
+        downsample = mpp / info.mpp_x
+    else:
+        downsample = max(info.width, info.height) / float(max_side)
+    downsample = max(downsample, 1.0)
+    return (max(1, round(info.width / downsample)), max(1, round(info.height / downsample)))
+
+
+def read_working(path: str | os.PathLike, max_side: int | None = None, mpp: float | None = None,
+                 threads: int = 1) -> tuple[np.ndarray, SlideInfo, tuple[float, float]]:
+    """Read `path` at working resolution: (RGB uint8 array (H, W, 3), header, (s_x, s_y))."""
+    info = slide_info(path)
+    out_w, out_h = working_size(info, max_side=max_side, mpp=mpp)
+    if info.reader == "openslide":
+        image = _read_openslide(info, out_w, out_h)
+    else:
+        image = _read_libvips(info, out_w, out_h, threads)
+    scale = (out_w / info.width, out_h / info.height)
+    return image, info, scale
+
+
+def _read_openslide(info: SlideInfo, out_w: int, out_h: int) -> np.ndarray:
+    import openslide
+    from scipy import ndimage
+
+    downsample = info.width / out_w
+    path = info.path
+    try:
+        with openslide.OpenSlide(path) as slide:
+            level = slide.get_best_level_for_downsample(downsample)
+            lw, lh = slide.level_dimensions[level]
+            ld = slide.level_downsamples[level]
+            # Integer box factor on the level that keeps the intermediate at least as large as the output.
+            k = max(1, int(math.floor(min(lw / out_w, lh / out_h))))
+            log.info("%s: %dx%d, level %d (%dx%d, downsample %.3f), box %d -> %dx%d",
+                     path, info.width, info.height, level, lw, lh, ld, k, out_w, out_h)
+            inter = _stream_box_mean(slide, level, ld, lw, lh, k)
+    except openslide.OpenSlideError as exc:
+        raise InputError(path, f"corrupt or truncated slide ({_first_line(exc)})") from None
+    # Resample the intermediate (pixel j centred on level coordinate (j + 0.5) k - 0.5) to the exact
+    # output grid (pixel i centred on level coordinate (i + 0.5) lw / out_w - 0.5).
+    fx, fy = lw / (out_w * k), lh / (out_h * k)
+    sigma = (max(0.0, (fy - 1) / 2), max(0.0, (fx - 1) / 2), 0.0)
+    if max(sigma) > 0.05:
+        inter = ndimage.gaussian_filter(inter, sigma=sigma, mode="nearest")
+    rows = (np.arange(out_h) + 0.5) * fy - 0.5
+    cols = (np.arange(out_w) + 0.5) * fx - 0.5
+    out = np.empty((out_h, out_w, 3), dtype=np.uint8)
+    rr, cc = np.meshgrid(rows, cols, indexing="ij")
+    for ch in range(3):
+        out[..., ch] = np.clip(np.rint(ndimage.map_coordinates(
+            inter[..., ch], [rr, cc], order=1, mode="nearest")), 0, 255)
+    return out
+
+
+def _stream_box_mean(slide, level: int, ld: float, lw: int, lh: int, k: int) -> np.ndarray:
+    """Box-average level `level` by k, reading strips of whole k-row groups; returns float32 (H/k, W/k, 3).
+    Partial groups at the right/bottom edge are averaged over the pixels that exist."""
+    oh, ow = math.ceil(lh / k), math.ceil(lw / k)
+    out = np.empty((oh, ow, 3), dtype=np.float32)
+    rows_per_strip = max(k, (STRIP_BYTES // max(1, lw * 4)) // k * k)
+    for y0 in range(0, lh, rows_per_strip):
+        h = min(rows_per_strip, lh - y0)
+        # read_region takes level-0 coordinates for the top-left corner
+        region = slide.read_region((0, int(round(y0 * ld))), level, (lw, h))
+        rgba = np.asarray(region, dtype=np.float32)
+        # transparent areas (outside scanned regions) become white background, as viewers show them
+        alpha = rgba[..., 3:4] / 255.0
+        rgb = rgba[..., :3] * alpha + 255.0 * (1.0 - alpha)
+        out[y0 // k: y0 // k + math.ceil(h / k)] = _box_mean(rgb, k)
+    return out
+
+
+def _box_mean(rgb: np.ndarray, k: int) -> np.ndarray:
+    if k == 1:
+        return rgb
+    h, w, _ = rgb.shape
+    ph, pw = math.ceil(h / k) * k, math.ceil(w / k) * k
+    sums = np.zeros((ph, pw, 3), dtype=np.float32)
+    counts = np.zeros((ph, pw, 1), dtype=np.float32)
+    sums[:h, :w] = rgb
+    counts[:h, :w] = 1.0
+    s = sums.reshape(ph // k, k, pw // k, k, 3).sum(axis=(1, 3))
+    c = counts.reshape(ph // k, k, pw // k, k, 1).sum(axis=(1, 3))
+    return s / c
+
+
+def _read_libvips(info: SlideInfo, out_w: int, out_h: int, threads: int) -> np.ndarray:
+    import pyvips
+    path = info.path
+    options = {"access": "sequential", "fail_on": "truncated"}
+    downsample = info.width / out_w
+    if info.vendor.startswith("jpegload"):
+        # shrink-on-load: libjpeg decodes at 1/2, 1/4 or 1/8 directly
+        options["shrink"] = max(s for s in (1, 2, 4, 8) if s <= max(1.0, downsample))
+    try:
+        image = pyvips.Image.new_from_file(path, **options)
+        if image.hasalpha():
+            image = image.flatten(background=[255] * (image.bands - 1))
+        image = image.colourspace("srgb") if image.interpretation not in ("srgb", "rgb") else image
+        if image.format != "uchar":
+            image = image.cast("uchar") if image.format == "char" else image.scaleimage().cast("uchar")
+        if image.bands == 1:
+            image = image.bandjoin([image, image])
+        image = image[:3]
+        image = image.thumbnail_image(out_w, height=out_h, size="force")
+        array = image.numpy()
+    except pyvips.Error as exc:
+        raise InputError(path, f"corrupt or truncated image ({_first_line(exc)})") from None
+    if array.shape[:2] != (out_h, out_w):
+        raise InputError(path, f"libvips returned {array.shape[1]}x{array.shape[0]}, "
+                               f"expected {out_w}x{out_h}")
+    return np.ascontiguousarray(array[..., :3], dtype=np.uint8)

@@ -1,0 +1,23 @@
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(snakemake.scriptdir).parent))
+from srnet_core.atomic import write_csv_atomic, write_text_atomic
+from srnet_core.errors import InputError
+from srnet_core.evaluation import evaluate_pair
+from srnet_core.h5io import read_prepared_attrs
+from srnet_core.logs import logged
+
+with logged(snakemake.log[0]) as log:
+    p = snakemake.params
+    if p.pair["error"]:
+        raise InputError(p.warped_landmarks, p.pair["error"])
+    attrs = read_prepared_attrs(snakemake.input.fixed)
+    fixed_size = (int(attrs["full_width"]), int(attrs["full_height"]))
+    errors, summary = evaluate_pair(p.fixed_landmarks, p.warped_landmarks, fixed_size, p.missing_landmarks)
+    summary = {"pair_id": snakemake.wildcards.pair_id, "method": snakemake.wildcards.method,
+               **p.pair, "fixed_width": fixed_size[0], "fixed_height": fixed_size[1], **summary}
+    write_csv_atomic(snakemake.output.errors, errors)
+    write_text_atomic(snakemake.output.summary, json.dumps(summary, indent=1, default=str))
+    log.info("%s", summary)
