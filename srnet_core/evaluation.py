@@ -44,6 +44,7 @@ def median_rtre_table(pairs: pd.DataFrame, methods: list[str]) -> pd.DataFrame:
     table = pd.concat([overall, by_tissue.sort_index()])
     table = table.reindex(columns=[m for m in methods if m in table.columns])
     table.index.name = "tissue"
+    table.columns.name = None
     counts = scored[scored["method"] == methods[0]].groupby("tissue").size()
     table.insert(0, "pairs", [int(counts.sum())] + [int(counts.get(t, 0)) for t in table.index[1:]])
     return table
@@ -53,13 +54,13 @@ def table_markdown(table: pd.DataFrame, title: str, float_format: str = "{:.5f}"
     header = "| " + " | ".join([table.index.name or ""] + [str(c) for c in table.columns]) + " |"
     rule = "|" + "---|" * (len(table.columns) + 1)
     lines = [f"# {title}", "", header, rule]
-    for name, row in table.iterrows():
+    for name, row in zip(table.index, table.itertuples(index=False)):
         cells = []
-        for value in row:
-            if isinstance(value, (int, np.integer)):
-                cells.append(str(value))
-            elif pd.isna(value):
+        for column, value in zip(table.columns, row):
+            if pd.isna(value):
                 cells.append("–")
+            elif pd.api.types.is_integer_dtype(table[column]):
+                cells.append(str(int(value)))
             else:
                 cells.append(float_format.format(value))
         lines.append("| " + " | ".join([str(name)] + cells) + " |")

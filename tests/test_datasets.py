@@ -1,0 +1,104 @@
+import os
+
+import pandas as pd
+import pytest
+
+from srnet_core.datasets import images_of, image_id, pair_id, read_cover_table, read_pairs, tissue_of
+from srnet_core.errors import InputError
+
+def test_real_anhir_table_parses_into_tissue_groups(anhir_table, tmp_path):
+    pairs = read_cover_table(anhir_table, tmp_path)
+    assert len(pairs) == 481
+    assert pairs["status"].value_counts().to_dict() == {"evaluation": 251, "training": 230}
+    assert sorted(pairs["tissue"].unique()) == ["COAD", "breast", "gastric", "kidney", "lung-lesion",
+                                                "lung-lobes", "mammary-gland", "mice-kidney"]
+    counts = pairs.groupby("tissue").size().to_dict()
+    assert sum(counts.values()) == 481
+    # counts by first folder recomputed independently from the raw CSV
+    raw = pd.read_csv(anhir_table)
+    firsts = raw["Source image"].str.split("/").str[0].str.replace(r"_\d+$", "", regex=True)
+    assert counts == firsts.value_counts().to_dict()
+    assert pairs["pair_id"].is_unique
+    assert (pairs["error"] == "").all()
+    first = pairs.iloc[0]
+    assert first["moving"] == "COAD_01/scale-25pc/S1.jpg" and first["fixed"] == "COAD_01/scale-25pc/HE.jpg"
+    assert (first["table_height"], first["table_width"], first["table_diagonal"]) == (16308, 7612, 17997)
+    assert first["fixed_path"] == os.path.join(tmp_path, "COAD_01/scale-25pc/HE.jpg")
+    images = images_of(pairs, tmp_path)
+    assert images["image_id"].is_unique
+    assert set(images["rel"]) == set(pairs["fixed"]) | set(pairs["moving"])
+
+
+def test_pair_ids_are_stable_under_reordering(anhir_table, tmp_path):
+    raw = pd.read_csv(anhir_table)
+    shuffled = raw.sample(frac=1.0, random_state=3)
+    path = tmp_path / "shuffled.csv"
+    shuffled.to_csv(path, index=False)
+    a = read_cover_table(anhir_table, tmp_path).set_index("pair_id")
+    b = read_cover_table(path, tmp_path).set_index("pair_id")
+    assert set(a.index) == set(b.index)
+    assert (a.loc[b.index, "moving"] == b["moving"]).all()
+
+
+def test_birl_tables(birl):
+    histol = read_cover_table(birl / "pairs-imgs-lnds_histol.csv", birl)
+    assert list(histol["tissue"]) == ["rat-kidney", "lesions"]
+    assert histol.iloc[0]["fixed"] == "rat-kidney_/scale-5pc/Rat-Kidney_HE.jpg"
+    assert histol.iloc[0]["moving"] == "rat-kidney_/scale-5pc/Rat-Kidney_PanCytokeratin.jpg"
+    assert (histol.iloc[0]["table_height"], histol.iloc[0]["table_width"]) == (787, 1164)
+    for col in ("fixed_path", "moving_path", "fixed_landmarks_path", "moving_landmarks_path"):
+        assert all(os.path.isfile(p) for p in histol[col])
+    mixed = read_cover_table(birl / "pairs-imgs-lnds_mix.csv", birl, strip_prefix="data-images/")
+    assert len(mixed) == 5
+    assert list(mixed["tissue"]) == ["images"] * 3 + ["rat-kidney", "lesions"]
+    assert all(os.path.isfile(p) for p in mixed["moving_path"])
+    assert mixed["status"].eq("training").all()   # BIRL tables have no status column
+
+
+def test_tissue_and_ids():
+    assert tissue_of("COAD_01/scale-25pc/S1.jpg") == "COAD"
+    assert tissue_of("lung-lesion_2/scale-5pc/x.jpg") == "lung-lesion"
+    assert tissue_of("rat-kidney_/scale-5pc/x.jpg") == "rat-kidney"
+    assert image_id("COAD_01/scale-25pc/S1.jpg") == "COAD_01--scale-25pc--S1"
+    assert pair_id("a_1/s/M.jpg", "a_1/s/F.jpg") == pair_id("a_1/s/M.jpg", "a_1/s/F.jpg")
+    assert pair_id("a_1/s/M.jpg", "a_1/s/F.jpg") != pair_id("a_1/s/M.png", "a_1/s/F.jpg")
+
+
+def _table(tmp_path, rows, columns=None):
+    columns = columns or ["Source image", "Source landmarks", "Target image", "Target landmarks", "status"]
+    path = tmp_path / "cover.csv"
+    pd.DataFrame(rows, columns=columns).to_csv(path)
+    return path
+
+
+def test_missing_required_column_is_one_clear_error(tmp_path):
+    path = _table(tmp_path, [["a_1/m.jpg", "a_1/f.jpg", "training"]],
+                  columns=["Source image", "Target image", "status"])
+    with pytest.raises(InputError) as err:
+        read_cover_table(path, tmp_path)
+    assert str(path) in str(err.value)
+    assert "Source landmarks" in str(err.value) and "Target landmarks" in str(err.value)
+
+
+def test_path_escaping_root_marks_only_that_row(tmp_path):
+    path = _table(tmp_path, [
+        ["a_1/m.jpg", "a_1/m.csv", "a_1/f.jpg", "a_1/f.csv", "training"],
+        ["../../etc/m.jpg", "a_1/m.csv", "a_1/f.jpg", "a_1/f.csv", "training"],
+        ["a_1/m2.jpg", "a_1/../../outside.csv", "a_1/f.jpg", "a_1/f.csv", "evaluation"],
+    ])
+    pairs = read_cover_table(path, tmp_path / "root")
+    assert pairs.iloc[0]["error"] == ""
+    assert "escapes the dataset root" in pairs.iloc[1]["error"] and "../../etc/m.jpg" in pairs.iloc[1]["error"]
+    assert "moving landmarks" in pairs.iloc[2]["error"]
+    images = images_of(pairs, tmp_path / "root").set_index("rel")
+    assert "escapes the dataset root" in images.loc["../../etc/m.jpg", "error"]
+    assert images.loc["a_1/f.jpg", "error"] == ""
+
+
+def test_normalized_table_round_trip(tmp_path, birl):
+    pairs = read_cover_table(birl / "pairs-imgs-lnds_histol.csv", birl)
+    out = tmp_path / "dataset.csv"
+    pairs.to_csv(out, index=False)
+    back = read_pairs(out)
+    assert list(back["pair_id"]) == list(pairs["pair_id"])
+    assert back["table_diagonal"].tolist() == pytest.approx([1405.1, 1153.0])
