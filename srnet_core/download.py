@@ -4,6 +4,7 @@ written atomically, optional archive unpacking that refuses members escaping the
 from __future__ import annotations
 
 import hashlib
+import http.client
 import logging
 import os
 import tarfile
@@ -34,11 +35,13 @@ def fetch(url: str, dest: str | os.PathLike, sha256: str, timeout: float = 60.0,
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
+    if retries < 1:
+        raise ValueError("retries must be at least 1")
     for attempt in range(1, retries + 1):
         try:
             _fetch_once(url, part, timeout)
             break
-        except (urllib.error.URLError, OSError, TimeoutError) as exc:
+        except (urllib.error.URLError, OSError, TimeoutError, http.client.HTTPException) as exc:
             if isinstance(exc, urllib.error.HTTPError) and 400 <= exc.code < 500 and exc.code != 416:
                 raise InputError(url, f"download failed: HTTP {exc.code} {exc.reason}") from None
             if attempt == retries:
@@ -89,10 +92,10 @@ def _fetch_once(url: str, part: Path, timeout: float) -> None:
 def unpack(archive: str | os.PathLike, target: str | os.PathLike) -> list[str]:
     """Unpack a zip or tar archive into target; members that would land outside target are refused."""
     archive, target = Path(archive), Path(target)
-    root = os.path.normpath(os.fspath(target))
+    root = os.path.abspath(os.fspath(target))
 
     def check(name: str) -> None:
-        full = os.path.normpath(os.path.join(root, name))
+        full = os.path.abspath(os.path.join(root, name))
         if os.path.commonpath([root, full]) != root:
             raise InputError(archive, f"archive member {name!r} would be written outside {target}")
 
@@ -108,8 +111,13 @@ def unpack(archive: str | os.PathLike, target: str | os.PathLike) -> list[str]:
             members = t.getmembers()
             for m in members:
                 check(m.name)
-                if m.issym() or m.islnk():
+                if m.issym():      # symlink targets are relative to the link's folder
                     check(os.path.join(os.path.dirname(m.name), m.linkname))
-            t.extractall(target, filter="data")
+                elif m.islnk():    # hard-link targets are relative to the archive root
+                    check(m.linkname)
+            try:
+                t.extractall(target, filter="data")
+            except tarfile.FilterError as exc:
+                raise InputError(archive, f"unsafe archive member ({exc})") from None
         return [m.name for m in members]
     raise InputError(archive, "not a zip or tar archive, but the config asks to unpack it")

@@ -9,6 +9,7 @@ can be told to cut the connection mid-body, to ignore Range, or to fail with a s
 from __future__ import annotations
 
 import hashlib
+import http.client
 import io
 import os
 import tarfile
@@ -95,19 +96,40 @@ class _Handler(BaseHTTPRequestHandler):
                 self.send_header("Content-Length", "0")
                 self.end_headers()
                 return
+            if srv.chunked:
+                self.protocol_version = "HTTP/1.1"
             self.send_response(206)
             self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
         else:
+            if srv.chunked:
+                self.protocol_version = "HTTP/1.1"
             self.send_response(200)
         body = data[start:]
+        cut = srv.cut_after if index == srv.fail_first else None
         self.send_header("Content-Type", "application/octet-stream")
-        self.send_header("Content-Length", str(len(body)))
         self.send_header("Accept-Ranges", "none" if srv.ignore_range else "bytes")
+        if srv.chunked:
+            self.send_header("Transfer-Encoding", "chunked")
+            self.send_header("Connection", "close")
+            self.end_headers()
+            sent = 0
+            for i in range(0, len(body), 1 << 16):
+                piece = body[i:i + (1 << 16)]
+                self.wfile.write(f"{len(piece):x}\r\n".encode())
+                if cut is not None and sent + len(piece) > cut:
+                    self.wfile.write(piece[:cut - sent])   # drop the connection inside a chunk
+                    self.wfile.flush()
+                    return
+                self.wfile.write(piece + b"\r\n")
+                sent += len(piece)
+            self.wfile.write(b"0\r\n\r\n")
+            return
+        self.send_header("Content-Length", str(len(body)))
         self.end_headers()
 
-        if srv.cut_after is not None and index == srv.fail_first:
+        if cut is not None:
             # first real answer: send only part of the promised body, then drop the connection
-            self.wfile.write(body[:srv.cut_after])
+            self.wfile.write(body[:cut])
             self.wfile.flush()
             return
         self.wfile.write(body)
@@ -125,6 +147,7 @@ class _LoopbackServer(ThreadingHTTPServer):
         self.ignore_range = False           # (b) answer 200 with the whole file regardless of Range
         self.fail_first = 0                 # answer the first N requests with fail_status
         self.fail_status = 503
+        self.chunked = False                # Transfer-Encoding: chunked instead of Content-Length
 
     def url(self, rel: str) -> str:
         host, port = self.server_address[:2]
@@ -242,6 +265,29 @@ def test_fetch_interrupted_then_range_ignored_starts_over(server, sample, tmp_pa
     fetch(server.url(SAMPLE), dest, digest, retries=3, **FAST)
 
     assert server.ranges == [None, f"bytes={len(data) // 4}-"]
+    assert dest.read_bytes() == data
+
+
+def test_fetch_chunked_transfer(server, sample, tmp_path):
+    _, data, digest = sample
+    server.chunked = True
+    dest = tmp_path / "img.jpg"
+
+    fetch(server.url(SAMPLE), dest, digest, **FAST)
+
+    assert dest.read_bytes() == data
+    assert not _parts(dest).exists()
+
+
+def test_fetch_retries_interrupted_chunked_transfer(server, sample, tmp_path):
+    _, data, digest = sample
+    server.chunked = True
+    server.cut_after = 100_000
+    dest = tmp_path / "img.jpg"
+
+    fetch(server.url(SAMPLE), dest, digest, retries=3, **FAST)
+
+    assert len(server.requests) == 2
     assert dest.read_bytes() == data
 
 
@@ -421,12 +467,10 @@ def test_unpack_refuses_absolute_member(make, members, tmp_path):
     make(archive, members["rat-kidney/Rat-Kidney_HE.csv"], str(outside))
     target = tmp_path / "out"
 
-    # zipfile strips a leading "/" when writing; tarfile keeps it. Either way nothing may escape.
-    try:
+    with pytest.raises(InputError, match="outside"):
         unpack(archive, target)
-    except InputError as exc:
-        assert "outside" in str(exc)
     assert not outside.exists()
+    assert not target.exists() or not any(target.rglob("*"))
 
 
 def test_unpack_refuses_tar_symlink_escaping_target(members, tmp_path):
@@ -452,3 +496,32 @@ def test_unpack_rejects_non_archive(members, tmp_path):
     assert str(info.value).startswith(f"{src}: ")
     assert "not a zip or tar archive" in str(info.value)
     assert not target.exists()
+
+
+def test_unpack_into_current_directory(members, tmp_path, monkeypatch):
+    archive = tmp_path / "sample.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for name, src in members.items():
+            z.write(src, name)
+    work = tmp_path / "cwd"
+    work.mkdir()
+    monkeypatch.chdir(work)
+
+    unpack(archive, ".")
+
+    _assert_extracted(work, members)
+
+
+def test_unpack_refuses_tar_hardlink_escaping_target(members, tmp_path):
+    archive = tmp_path / "hardlink.tar"
+    with tarfile.open(archive, "w") as t:
+        t.add(members["rat-kidney/Rat-Kidney_HE.csv"], arcname="ok/Rat-Kidney_HE.csv")
+        info = tarfile.TarInfo("a/b/c/escape")
+        info.type = tarfile.LNKTYPE
+        info.linkname = "../../outside"
+        t.addfile(info)
+    target = tmp_path / "box" / "out"
+
+    with pytest.raises(InputError, match="outside"):
+        unpack(archive, target)
+    assert not target.exists() or not any(target.rglob("*"))

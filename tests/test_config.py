@@ -1,0 +1,48 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from srnet_core.config import ConfigError, load_schema, validate_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _walk(schema, path="config"):
+    """Yield (path, subschema) for every declared key."""
+    for name, sub in schema.get("properties", {}).items():
+        yield f"{path}.{name}", sub
+        yield from _walk(sub, f"{path}.{name}")
+    extra = schema.get("additionalProperties")
+    if isinstance(extra, dict):
+        yield from _walk(extra, f"{path}.<name>")
+    items = schema.get("items")
+    if isinstance(items, dict):
+        yield from _walk(items, f"{path}[]")
+
+
+def test_every_key_has_description_and_default():
+    for path, sub in _walk(load_schema()):
+        assert sub.get("description"), f"{path} lacks a description"
+        required = path.endswith(("files[].path", "files[].sha256"))
+        assert required or "default" in sub, f"{path} lacks a default"
+
+
+def test_shipped_config_is_valid_and_defaults_fill():
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    validate_config(config)
+    assert config["run"] == ["demo"]
+    assert config["datasets"]["demo"]["root"] == "data/demo"
+    assert config["datasets"]["birl_samples"]["files"][0]["unpack"] is False
+    empty = validate_config({})
+    assert empty["prepare"]["max_side"] == 1024 and empty["evaluate"]["methods"] == ["initial"]
+
+
+def test_errors_are_listed_together():
+    with pytest.raises(ConfigError) as err:
+        validate_config({"run": ["anhir"], "prepare": {"max_side": 2.5}, "typo": 1,
+                         "datasets": {"x": {"source": "local"}}})
+    text = str(err.value)
+    for expected in ("'typo' was unexpected", "config.prepare.max_side", "dataset 'anhir' is not defined",
+                     "config.datasets.x: a local dataset needs `root`"):
+        assert expected in text
