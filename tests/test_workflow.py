@@ -1,0 +1,175 @@
+"""Real Snakemake runs of this checkout's workflow on small data."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import run_snakemake
+from srnet_core.h5io import read_prepared_attrs
+
+pytestmark = pytest.mark.workflow
+
+
+def _xy(path):
+    frame = pd.read_csv(path)
+    return frame[["X", "Y"]].to_numpy(float)
+
+
+def _initial_by_hand(root: Path, table: Path) -> pd.DataFrame:
+    import pyvips
+    raw = pd.read_csv(table)
+    rows = []
+    for _, rec in raw.iterrows():
+        fixed, moving = _xy(root / rec["Target landmarks"]), _xy(root / rec["Source landmarks"])
+        n = min(len(fixed), len(moving))
+        header = pyvips.Image.new_from_file(str(root / rec["Target image"]))
+        diag = np.hypot(header.width, header.height)
+        rtre = np.hypot(*(fixed[:n] - moving[:n]).T) / diag
+        rows.append({"tissue": rec["Source image"].split("/")[0].rstrip("_0123456789"),
+                     "median": np.median(rtre)})
+    return pd.DataFrame(rows)
+
+
+def test_demo_end_to_end_then_nothing_to_do(tmp_path):
+    result = run_snakemake(tmp_path)
+    assert result.returncode == 0, result.stderr[-4000:]
+    table = pd.read_csv(tmp_path / "results/demo/tables/median_rtre.csv", index_col=0)
+    assert list(table.index) == ["All", "cmu1-he", "ihc-colon"]
+    assert list(table["pairs"]) == [6, 4, 2]
+    by_hand = _initial_by_hand(tmp_path / "data/demo", tmp_path / "data/demo/dataset.csv")
+    assert table.loc["All", "initial"] == pytest.approx(by_hand["median"].median(), rel=1e-5)
+    for tissue, group in by_hand.groupby("tissue"):
+        assert table.loc[tissue, "initial"] == pytest.approx(group["median"].median(), rel=1e-5)
+    md = (tmp_path / "results/demo/tables/median_rtre.md").read_text()
+    assert "| All | 6 |" in md
+    attrs = read_prepared_attrs(tmp_path / "results/demo/prepared/cmu1-he_1--scale-100pc--HE.h5")
+    assert (attrs["reader"], attrs["vendor"], attrs["full_width"], attrs["full_height"]) == ("openslide", "aperio", 2220, 2967)
+    assert attrs["scale_y"] == pytest.approx(1024 / 2967)
+    assert not list(tmp_path.rglob("*.tmp-*")), "temporary files left behind"
+    for log in ("logs/prepare/demo/cmu1-he_1--scale-100pc--HE.log", "logs/tables/demo.log"):
+        assert (tmp_path / log).stat().st_size > 0
+
+    again = run_snakemake(tmp_path, "-n")
+    assert again.returncode == 0
+    assert "Nothing to be done" in again.stdout + again.stderr
+
+
+BAD_CASES = {
+    # name: (moving image, moving landmarks, expected message, failing rule)
+    "truncated": ("bad/trunc.jpg", "bad/good.csv", "truncated", "prepare"),
+    "unsupported": ("bad/slide.svs", "bad/good.csv", "unsupported or unreadable image format", "prepare"),
+    "blank": ("bad/blank.png", "bad/good.csv", "no tissue found", "prepare"),
+    "escape": ("../outside.jpg", "bad/good.csv", "escapes the dataset root", "prepare"),
+    "missing_landmarks": ("bad/moving.jpg", "bad/absent.csv", "landmark file not found", "evaluate"),
+    "landmark_columns": ("bad/moving2.jpg", "bad/cols.csv", "lacks column", "evaluate"),
+    "landmark_values": ("bad/moving3.jpg", "bad/values.csv", "non-numeric X value", "evaluate"),
+}
+
+
+def _write_bad_dataset(root: Path, birl: Path) -> Path:
+    src = birl / "rat-kidney_/scale-5pc"
+    (root / "good").mkdir(parents=True)
+    (root / "bad").mkdir()
+    for name in ("Rat-Kidney_HE.jpg", "Rat-Kidney_HE.csv", "Rat-Kidney_PanCytokeratin.jpg",
+                 "Rat-Kidney_PanCytokeratin.csv"):
+        shutil.copy(src / name, root / "good" / name)
+    moving = (src / "Rat-Kidney_PanCytokeratin.jpg").read_bytes()
+    (root / "bad/trunc.jpg").write_bytes(moving[: len(moving) // 3])
+    (root / "bad/slide.svs").write_bytes(b"not a slide\n" * 200)
+    for name in ("moving.jpg", "moving2.jpg", "moving3.jpg"):
+        (root / "bad" / name).write_bytes(moving)
+    shutil.copy(src / "Rat-Kidney_PanCytokeratin.csv", root / "bad/good.csv")
+    (root / "bad/cols.csv").write_text(",A,B\n1,10,20\n")
+    (root / "bad/values.csv").write_text(",X,Y\n1,10,20\n2,ten,30\n")
+    import pyvips
+    rng = np.random.default_rng(0)
+    blank = np.clip(242 + rng.normal(0, 2, (600, 800, 3)), 0, 255).astype(np.uint8)
+    pyvips.Image.new_from_array(blank).pngsave(str(root / "bad/blank.png"))
+    (root.parent / "outside.jpg").write_bytes(moving)
+    fixed, fixed_lm = "good/Rat-Kidney_HE.jpg", "good/Rat-Kidney_HE.csv"
+    rows = [["good/Rat-Kidney_PanCytokeratin.jpg", "good/Rat-Kidney_PanCytokeratin.csv", fixed, fixed_lm, "training"]]
+    rows += [[m, lm, fixed, fixed_lm, "training"] for m, lm, _, _ in BAD_CASES.values()]
+    table = root / "cover.csv"
+    pd.DataFrame(rows, columns=["Source image", "Source landmarks", "Target image", "Target landmarks",
+                                "status"]).to_csv(table)
+    return table
+
+
+def test_bad_inputs_fail_alone_under_keep_going(tmp_path, birl):
+    root = tmp_path / "data_root" / "ds"
+    table = _write_bad_dataset(root, birl)
+    work = tmp_path / "work"
+    work.mkdir()
+    config = {"run": ["bad"], "datasets": {"bad": {"source": "local", "root": str(root), "table": str(table)}}}
+    (work / "cfg.yaml").write_text(yaml.safe_dump(config))
+    result = run_snakemake(work, "--configfile", str(work / "cfg.yaml"), "--keep-going")
+    assert result.returncode != 0
+    pairs = pd.read_csv(work / "results/bad/dataset.csv").set_index("moving")
+    # the good pair finished: evaluated, with the same numbers a clean run gives
+    good = pairs.loc["good/Rat-Kidney_PanCytokeratin.jpg", "pair_id"]
+    summary = json.loads((work / f"results/bad/evaluation/initial/{good}.json").read_text())
+    assert summary["scored"] and summary["n_landmarks"] == 69
+    logs = {p: p.read_text() for p in (work / "logs").rglob("*.log")}
+    for name, (moving, _, message, rule) in BAD_CASES.items():
+        pair = pairs.loc[moving]
+        assert not (work / f"results/bad/evaluation/initial/{pair.pair_id}.json").exists(), name
+        if rule == "prepare":
+            assert not (work / f"results/bad/prepared/{pair.moving_id}.h5").exists(), name
+            log = work / f"logs/prepare/bad/{pair.moving_id}.log"
+        else:
+            log = work / f"logs/evaluate/bad/initial/{pair.pair_id}.log"
+        assert message in logs[log], f"{name}: {logs[log][-500:]}"
+        error_lines = [ln for ln in logs[log].splitlines() if "ERROR" in ln]
+        assert len(error_lines) == 1, f"{name}: expected one clear error line, got {error_lines}"
+    assert not (work / "results/bad/tables/median_rtre.csv").exists()
+    assert not list(work.rglob("*.tmp-*")), "partial outputs left behind"
+
+
+def test_cover_table_missing_column_is_one_clear_error(tmp_path, birl):
+    root = tmp_path / "ds"
+    root.mkdir()
+    table = root / "cover.csv"
+    pd.DataFrame({"Source image": ["a_1/m.jpg"], "Target image": ["a_1/f.jpg"]}).to_csv(table)
+    config = {"run": ["t"], "datasets": {"t": {"source": "local", "root": str(root), "table": str(table)}}}
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(config))
+    result = run_snakemake(tmp_path, "--configfile", str(tmp_path / "cfg.yaml"))
+    assert result.returncode != 0
+    log = (tmp_path / "logs/dataset/t.log").read_text()
+    assert f"{table}: cover table lacks required column(s)" in log
+    assert not (tmp_path / "results/t/dataset.csv").exists()
+
+
+def test_download_dataset_through_loopback(tmp_path, birl, http_root_server):
+    """The shipped birl_samples entry, served from ../shared/data/birl on 127.0.0.1."""
+    url = http_root_server(birl)
+    override = {"run": ["birl_samples"], "datasets": {"birl_samples": {"url_base": url}}}
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(override))
+    result = run_snakemake(tmp_path, "--configfile", str(tmp_path / "cfg.yaml"))
+    assert result.returncode == 0, result.stderr[-4000:]
+    for rel in ("rat-kidney_/scale-5pc/Rat-Kidney_HE.jpg", "pairs-imgs-lnds_histol.csv"):
+        assert (tmp_path / "data/birl_samples" / rel).read_bytes() == (birl / rel).read_bytes()
+    table = pd.read_csv(tmp_path / "results/birl_samples/tables/median_rtre.csv", index_col=0)
+    by_hand = _initial_by_hand(birl, birl / "pairs-imgs-lnds_histol.csv").set_index("tissue")
+    assert table.loc["rat-kidney", "initial"] == pytest.approx(by_hand.loc["rat-kidney", "median"], rel=1e-5)
+    assert table.loc["lesions", "initial"] == pytest.approx(by_hand.loc["lesions", "median"], rel=1e-5)
+
+
+def test_download_checksum_mismatch_leaves_nothing(tmp_path, birl, http_root_server):
+    url = http_root_server(birl)
+    config = yaml.safe_load((Path(__file__).resolve().parents[1] / "config.yaml").read_text())
+    files = config["datasets"]["birl_samples"]["files"]
+    files[1]["sha256"] = "0" * 64   # Rat-Kidney_HE.jpg
+    override = {"run": ["birl_samples"], "datasets": {"birl_samples": {"url_base": url, "files": files}}}
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(override))
+    result = run_snakemake(tmp_path, "--configfile", str(tmp_path / "cfg.yaml"), "--keep-going")
+    assert result.returncode != 0
+    target = tmp_path / "data/birl_samples" / files[1]["path"]
+    assert not target.exists() and not target.with_name(target.name + ".part").exists()
+    log = (tmp_path / "logs/download/birl_samples" / (files[1]["path"] + ".log")).read_text()
+    assert "checksum mismatch" in log and url in log
+    assert (tmp_path / "data/birl_samples/lesions_/scale-5pc/Izd2-29-041-w35_HE.jpg").exists()
