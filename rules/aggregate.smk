@@ -1,16 +1,6 @@
 # Stage: per-tissue median rTRE tables over all pairs and methods.
 
 
-def all_evaluations(wildcards):
-    pairs = pairs_table(wildcards.dataset)
-    return expand(
-        "results/{dataset}/evaluation/{method}/{pair_id}.json",
-        dataset=wildcards.dataset,
-        method=config["evaluate"]["methods"],
-        pair_id=pairs["pair_id"],
-    )
-
-
 rule tables:
     input:
         pairs="results/{dataset}/dataset.csv",

@@ -29,7 +29,7 @@ def cover_table(dataset):
 
 
 def existing(path):
-    """A path as a rule input only when it exists: a missing user file then fails that one job with a
+    """Declare a path as input only when it exists. A missing user file then fails that one job with a
     clear message from srnet_core, instead of failing the whole DAG before anything runs."""
     return [path] if path and os.path.exists(path) else []
 
@@ -70,6 +70,24 @@ def image_record(wildcards):
 
 def pair_record(wildcards):
     return pairs_table(wildcards.dataset).set_index("pair_id").loc[wildcards.pair_id]
+
+
+def warped_landmarks(wildcards):
+    """Moving landmarks mapped into the fixed frame by the method; `initial` is the identity."""
+    pair = pair_record(wildcards)
+    if wildcards.method == "initial":
+        return pair["moving_landmarks_path"]
+    return f"results/{wildcards.dataset}/registration/{wildcards.method}/{wildcards.pair_id}/warped_landmarks.csv"
+
+
+def all_evaluations(wildcards):
+    pairs = pairs_table(wildcards.dataset)
+    return expand(
+        "results/{dataset}/evaluation/{method}/{pair_id}.json",
+        dataset=wildcards.dataset,
+        method=config["evaluate"]["methods"],
+        pair_id=pairs["pair_id"],
+    )
 
 
 _SRC_HASHES = {}

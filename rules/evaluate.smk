@@ -1,14 +1,6 @@
 # Stage: errors of one pair for one method (rTRE against the fixed landmarks).
 
 
-def warped_landmarks(wildcards):
-    """Moving landmarks mapped into the fixed frame by the method; `initial` is the identity."""
-    pair = pair_record(wildcards)
-    if wildcards.method == "initial":
-        return pair["moving_landmarks_path"]
-    return f"results/{wildcards.dataset}/registration/{wildcards.method}/{wildcards.pair_id}/warped_landmarks.csv"
-
-
 rule evaluate:
     input:
         fixed=lambda wc: f"results/{wc.dataset}/prepared/{pair_record(wc)['fixed_id']}.h5",
