@@ -25,7 +25,7 @@ from .errors import InputError
 log = logging.getLogger(__name__)
 
 # Strip budget for streaming a pyramid level (RGBA uint8 bytes held at once).
-STRIP_BYTES = 64 * 1024 * 1024
+STRIP_BYTES = 32 * 1024 * 1024
 
 
 @dataclass
@@ -186,34 +186,52 @@ def _resample_exact(inter: np.ndarray, block_x: float, block_y: float, full_w: i
 
 def _stream_box_mean(slide, level: int, ld: float, lw: int, lh: int, k: int) -> np.ndarray:
     """Box-average level `level` by k, reading strips of whole k-row groups; returns float32 (H/k, W/k, 3).
-    Partial groups at the right/bottom edge are averaged over the pixels that exist."""
+    Strips stay uint8 (a float copy of a strip costs 4x its memory and most of the time); partial
+    groups at the right/bottom edge are averaged over the pixels that exist."""
     oh, ow = math.ceil(lh / k), math.ceil(lw / k)
     out = np.empty((oh, ow, 3), dtype=np.float32)
     rows_per_strip = max(k, (STRIP_BYTES // max(1, lw * 4)) // k * k)
     for y0 in range(0, lh, rows_per_strip):
         h = min(rows_per_strip, lh - y0)
         # read_region takes level-0 coordinates for the top-left corner
-        region = slide.read_region((0, int(round(y0 * ld))), level, (lw, h))
-        rgba = np.asarray(region, dtype=np.float32)
-        # transparent areas (outside scanned regions) become white background, as viewers show them
-        alpha = rgba[..., 3:4] / 255.0
-        rgb = rgba[..., :3] * alpha + 255.0 * (1.0 - alpha)
-        out[y0 // k: y0 // k + math.ceil(h / k)] = _box_mean(rgb, k)
+        rgba = np.asarray(slide.read_region((0, int(round(y0 * ld))), level, (lw, h)))
+        out[y0 // k: y0 // k + math.ceil(h / k)] = _box_mean(_over_white(rgba), k)
     return out
 
 
-def _box_mean(rgb: np.ndarray, k: int) -> np.ndarray:
-    if k == 1:
+def _over_white(rgba: np.ndarray) -> np.ndarray:
+    """RGB of an RGBA strip, with transparent areas (outside scanned regions) shown as white
+    background, as slide viewers do. Opaque strips (the common case) cost no arithmetic."""
+    rgb = rgba[..., :3]
+    alpha = rgba[..., 3]
+    if alpha.min() == 255:
         return rgb
+    rgb = rgb.copy()
+    see_through = alpha < 255
+    a = alpha[see_through].astype(np.float32)[:, None] / 255.0
+    rgb[see_through] = np.rint(rgb[see_through] * a + 255.0 * (1.0 - a)).astype(np.uint8)
+    return rgb
+
+
+def _box_mean(rgb: np.ndarray, k: int) -> np.ndarray:
+    """Mean over k x k blocks of a uint8 (h, w, 3) array; ragged right/bottom blocks use what exists."""
+    if k == 1:
+        return rgb.astype(np.float32)
     h, w, _ = rgb.shape
-    ph, pw = math.ceil(h / k) * k, math.ceil(w / k) * k
-    sums = np.zeros((ph, pw, 3), dtype=np.float32)
-    counts = np.zeros((ph, pw, 1), dtype=np.float32)
-    sums[:h, :w] = rgb
-    counts[:h, :w] = 1.0
-    s = sums.reshape(ph // k, k, pw // k, k, 3).sum(axis=(1, 3))
-    c = counts.reshape(ph // k, k, pw // k, k, 1).sum(axis=(1, 3))
-    return s / c
+    hf, wf = h // k * k, w // k * k
+    out = np.empty((math.ceil(h / k), math.ceil(w / k), 3), dtype=np.float32)
+    if hf and wf:
+        out[:hf // k, :wf // k] = rgb[:hf, :wf].reshape(hf // k, k, wf // k, k, 3).sum(
+            axis=(1, 3), dtype=np.uint32) / float(k * k)
+    if wf < w and hf:
+        out[:hf // k, -1] = rgb[:hf, wf:].reshape(hf // k, k, w - wf, 3).sum(
+            axis=(1, 2), dtype=np.uint32) / float(k * (w - wf))
+    if hf < h and wf:
+        out[-1, :wf // k] = rgb[hf:, :wf].reshape(h - hf, wf // k, k, 3).sum(
+            axis=(0, 2), dtype=np.uint32) / float((h - hf) * k)
+    if hf < h and wf < w:
+        out[-1, -1] = rgb[hf:, wf:].reshape(-1, 3).mean(axis=0)
+    return out
 
 
 def _read_libvips(info: SlideInfo, out_w: int, out_h: int, threads: int) -> np.ndarray:

@@ -150,3 +150,24 @@ def test_blank_slide_has_no_tissue(tmp_path):
     with pytest.raises(InputError, match="no tissue found") as err:
         tissue_mask(blank, source=tmp_path / "blank.png")
     assert "blank.png" in str(err.value)
+
+
+@pytest.mark.parametrize("k", [1, 2, 5, 8])
+def test_box_mean_against_a_plain_loop(k):
+    rgb = np.random.default_rng(k).integers(0, 256, (37, 53, 3)).astype(np.uint8)
+    got = slides._box_mean(rgb, k)
+    for i in range(got.shape[0]):
+        for j in range(got.shape[1]):
+            ref = rgb[i * k:(i + 1) * k, j * k:(j + 1) * k].reshape(-1, 3).mean(axis=0)
+            np.testing.assert_allclose(got[i, j], ref, atol=1e-3)
+
+
+def test_transparent_areas_become_white():
+    rgba = np.zeros((2, 3, 4), np.uint8)
+    rgba[..., :3] = 100
+    rgba[0, :, 3] = 255          # opaque row
+    rgba[1, 0, 3] = 0            # fully transparent
+    rgba[1, 1:, 3] = 128         # half
+    rgb = slides._over_white(rgba)
+    assert (rgb[0] == 100).all() and (rgb[1, 0] == 255).all()
+    assert abs(int(rgb[1, 1, 0]) - round(100 * 128 / 255 + 255 * (1 - 128 / 255))) <= 1
