@@ -52,16 +52,27 @@ def download_entry(dataset, path):
     return {"url": entry["url"] or d["url_base"] + path, "sha256": entry["sha256"]}
 
 
+_TABLES = {}
+
+
+def _cached_table(path, index):
+    """Input functions run several times per job: read each normalized table once per version."""
+    import pandas as pd
+
+    key = (path, os.stat(path).st_mtime_ns)
+    if key not in _TABLES:
+        frame = read_pairs(path) if index == "pair_id" else pd.read_csv(path, dtype=str, keep_default_na=False)
+        _TABLES[key] = frame.set_index(index, drop=False)
+    return _TABLES[key]
+
+
 def pairs_table(dataset):
-    """The normalized pair table (after the `dataset` checkpoint has run)."""
-    return read_pairs(checkpoints.dataset.get(dataset=dataset).output.pairs)
+    """The normalized pair table (after the `dataset` checkpoint has run), indexed by pair_id."""
+    return _cached_table(checkpoints.dataset.get(dataset=dataset).output.pairs, "pair_id")
 
 
 def images_table(dataset):
-    import pandas as pd
-
-    out = checkpoints.dataset.get(dataset=dataset).output.images
-    return pd.read_csv(out, dtype=str, keep_default_na=False).set_index("image_id")
+    return _cached_table(checkpoints.dataset.get(dataset=dataset).output.images, "image_id")
 
 
 def image_record(wildcards):
@@ -69,7 +80,7 @@ def image_record(wildcards):
 
 
 def pair_record(wildcards):
-    return pairs_table(wildcards.dataset).set_index("pair_id").loc[wildcards.pair_id]
+    return pairs_table(wildcards.dataset).loc[wildcards.pair_id]
 
 
 def warped_landmarks(wildcards):

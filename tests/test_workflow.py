@@ -173,3 +173,27 @@ def test_download_checksum_mismatch_leaves_nothing(tmp_path, birl, http_root_ser
     log = (tmp_path / "logs/download/birl_samples" / (files[1]["path"] + ".log")).read_text()
     assert "checksum mismatch" in log and url in log
     assert (tmp_path / "data/birl_samples/lesions_/scale-5pc/Izd2-29-041-w35_HE.jpg").exists()
+
+
+def test_dag_for_the_real_anhir_table(tmp_path, anhir_table):
+    """The published ANHIR cover table (images absent): the pair table is built and the DAG has one
+    prepare job per distinct image, one evaluate job per pair and one table."""
+    config = {"run": ["anhir"], "datasets": {"anhir": {
+        "source": "local", "root": str(tmp_path / "ANHIR"), "table": str(anhir_table),
+        "missing_landmarks": "unscored"}}}
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(config))
+    cfg = (f"--configfile={tmp_path / 'cfg.yaml'}",)
+    built = run_snakemake(tmp_path, *cfg, "results/anhir/dataset.csv")
+    assert built.returncode == 0, built.stderr[-3000:]
+    dry = run_snakemake(tmp_path, *cfg, "-n", "--quiet", "rules")
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    counts = {}
+    for line in (dry.stdout + dry.stderr).splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].isdigit():
+            counts[parts[0]] = int(parts[1])
+    raw = pd.read_csv(anhir_table)
+    distinct = len(set(raw["Source image"]) | set(raw["Target image"]))
+    assert counts["prepare"] == distinct
+    assert counts["evaluate"] == 481
+    assert counts["tables"] == 1
