@@ -58,6 +58,21 @@ def test_demo_end_to_end_then_nothing_to_do(tmp_path):
     assert again.returncode == 0
     assert "Nothing to be done" in again.stdout + again.stderr
 
+    # a preparation setting re-runs preparation and what follows, not the data stages
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump({"prepare": {"max_side": 512}}))
+    changed = run_snakemake(tmp_path, f"--configfile={tmp_path / 'cfg.yaml'}", "-n", "--quiet", "rules")
+    assert _job_counts(changed) == {"prepare": 9, "evaluate": 6, "tables": 1, "all": 1}
+
+
+def _job_counts(result) -> dict[str, int]:
+    """Jobs per rule from the table printed by `snakemake -n --quiet rules`."""
+    counts = {}
+    for line in (result.stdout + result.stderr).splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].isdigit() and parts[0] != "total":
+            counts[parts[0]] = int(parts[1])
+    return counts
+
 
 BAD_CASES = {
     # name: (moving image, moving landmarks, expected message, failing rule)
@@ -187,11 +202,7 @@ def test_dag_for_the_real_anhir_table(tmp_path, anhir_table):
     assert built.returncode == 0, built.stderr[-3000:]
     dry = run_snakemake(tmp_path, *cfg, "-n", "--quiet", "rules")
     assert dry.returncode == 0, dry.stderr[-3000:]
-    counts = {}
-    for line in (dry.stdout + dry.stderr).splitlines():
-        parts = line.split()
-        if len(parts) == 2 and parts[1].isdigit():
-            counts[parts[0]] = int(parts[1])
+    counts = _job_counts(dry)
     raw = pd.read_csv(anhir_table)
     distinct = len(set(raw["Source image"]) | set(raw["Target image"]))
     assert counts["prepare"] == distinct
