@@ -14,7 +14,7 @@ rule demo_dataset:
     benchmark:
         "benchmarks/demo_dataset/{dataset}.tsv"
     conda:
-        "../envs/slides.yaml"
+        "../envs/demo.yaml"
     threads: 1
     resources:
         mem_mb=2000,

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import atomic_path, write_text_atomic
-from .landmarks import landmarks_csv_text, write_landmarks
+from .atomic import atomic_path
+from .landmarks import write_landmarks
 
 log = logging.getLogger(__name__)
 

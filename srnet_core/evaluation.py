@@ -7,8 +7,13 @@ moving landmark mapped into the fixed frame and the fixed landmark; rTRE = TRE /
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pandas as pd
+
+from .errors import InputError
+from .landmarks import read_landmarks
 
 STAT_COLUMNS = ["rtre_median", "rtre_mean", "rtre_max", "rtre_min", "rtre_std", "n_landmarks"]
 
@@ -72,11 +77,6 @@ def evaluate_pair(fixed_landmarks: str, warped_landmarks: str, fixed_size: tuple
     """Errors of one pair for one method: (per-landmark frame, summary). A pair whose landmark files
     are not named in the table is unscored; one whose files are named but absent fails (InputError)
     unless missing_landmarks == "unscored"."""
-    import os
-
-    from .errors import InputError
-    from .landmarks import read_landmarks
-
     empty = landmark_errors(np.zeros((0, 2)), np.zeros((0, 2)), fixed_size)
     for label, path in (("fixed", fixed_landmarks), ("moving", warped_landmarks)):
         if not path:

@@ -19,7 +19,6 @@ def tissue_mask(rgb: np.ndarray, min_fraction: float = 0.005, source: str | None
                 ) -> tuple[np.ndarray, float]:
     """Boolean mask (H, W) and its tissue fraction. Raises InputError(source) on a blank slide."""
     from skimage.filters import threshold_otsu
-    from skimage.morphology import remove_small_objects
 
     image = np.asarray(rgb, dtype=np.float32)
     h, w = image.shape[:2]
@@ -35,13 +34,25 @@ def tissue_mask(rgb: np.ndarray, min_fraction: float = 0.005, source: str | None
         threshold = max(float(threshold_otsu(distance)), MIN_CONTRAST)
     mask = distance > threshold
     mask = ndimage.binary_opening(mask, iterations=1)
-    mask = remove_small_objects(mask, max_size=max(16, int(1e-4 * h * w)))
+    mask = _drop_small_components(mask, min_pixels=max(16, int(1e-4 * h * w)))
     mask = ndimage.binary_fill_holes(ndimage.binary_closing(mask, iterations=2))
     fraction = float(mask.mean())
     if fraction < min_fraction:
         raise InputError(source, f"no tissue found: {fraction:.2%} of the slide differs from its "
                                  f"background (need at least {min_fraction:.2%}); is the slide blank?")
     return mask, fraction
+
+
+def _drop_small_components(mask: np.ndarray, min_pixels: int) -> np.ndarray:
+    """Remove connected specks smaller than min_pixels (dust, debris). Plain ndimage: the
+    scikit-image equivalent changed its keyword between versions the conda envs pin."""
+    labels, n = ndimage.label(mask)
+    if n == 0:
+        return mask
+    sizes = np.bincount(labels.ravel())
+    keep = sizes >= min_pixels
+    keep[0] = False
+    return keep[labels]
 
 
 def tissue_tiles(mask: np.ndarray, tile: int, min_tissue: float) -> np.ndarray:

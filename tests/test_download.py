@@ -9,7 +9,6 @@ can be told to cut the connection mid-body, to ignore Range, or to fail with a s
 from __future__ import annotations
 
 import hashlib
-import http.client
 import io
 import os
 import tarfile
