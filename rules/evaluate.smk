@@ -13,6 +13,7 @@ rule evaluate:
     params:
         pair=lambda wc: pair_record(wc)[["tissue", "status", "row", "error"]].to_dict(),
         fixed_landmarks=lambda wc: pair_record(wc)["fixed_landmarks_path"],
+        table_diagonal=lambda wc: float(pair_record(wc)["table_diagonal"]),
         warped_landmarks=warped_landmarks,
         missing_landmarks=lambda wc: ds_config(wc.dataset)["missing_landmarks"],
         code=src_hash("evaluation", "landmarks", "h5io"),

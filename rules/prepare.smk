@@ -6,7 +6,8 @@ rule prepare:
         image=lambda wc: existing(image_record(wc)["path"]),
         images="results/{dataset}/images.csv",
     output:
-        "results/{dataset}/prepared/{image_id}.h5",
+        h5="results/{dataset}/prepared/{image_id}.h5",
+        preview="results/{dataset}/prepared/{image_id}.png",
     params:
         path=lambda wc: image_record(wc)["path"],
         error=lambda wc: image_record(wc)["error"],

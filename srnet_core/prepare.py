@@ -17,10 +17,26 @@ from .tissue import tissue_mask, tissue_tiles
 log = logging.getLogger(__name__)
 
 
+def write_preview(path: str | os.PathLike, image: np.ndarray, mask: np.ndarray) -> None:
+    """PNG of the working image with the tissue mask's outline in green, for a look in any viewer."""
+    import pyvips
+    from scipy import ndimage
+
+    from .atomic import atomic_path
+
+    outline = mask & ~ndimage.binary_erosion(mask, iterations=max(1, image.shape[0] // 400))
+    preview = image.copy()
+    preview[outline] = (0, 200, 0)
+    with atomic_path(path) as tmp:
+        pyvips.Image.new_from_array(preview).copy(interpretation="srgb").pngsave(os.fspath(tmp))
+
+
 def prepare_image(source: str | os.PathLike, dest: str | os.PathLike, *, max_side: int | None = 1024,
                   mpp: float | None = None, min_tissue_fraction: float = 0.005, tile_size: int = 0,
-                  tile_min_tissue: float = 0.25, threads: int = 1, error: str = "") -> dict:
-    """Prepare one image; `error` is a problem the dataset stage already found with this image."""
+                  tile_min_tissue: float = 0.25, threads: int = 1, error: str = "",
+                  preview: str | os.PathLike | None = None) -> dict:
+    """Prepare one image; `error` is a problem the dataset stage already found with this image.
+    With `preview`, also write a PNG of the working image and mask outline there."""
     if error:
         raise InputError(source, error)
     started = time.perf_counter()
@@ -39,6 +55,8 @@ def prepare_image(source: str | os.PathLike, dest: str | os.PathLike, *, max_sid
     }
     params = {"max_side": max_side, "mpp": mpp, "min_tissue_fraction": min_tissue_fraction,
               "tile_size": tile_size, "tile_min_tissue": tile_min_tissue}
+    if preview is not None:
+        write_preview(preview, image, mask)
     write_prepared(dest, image, mask, tiles, attrs, params, chunk=tile_size or 256)
     log.info("%s -> %s: %dx%d -> %dx%d (scale %.5f, %.5f) via %s, tissue %.1f%%, %d tiles, %.2fs",
              source, dest, info.width, info.height, image.shape[1], image.shape[0], scale[0], scale[1],

@@ -50,6 +50,9 @@ def test_demo_end_to_end_then_nothing_to_do(tmp_path):
     attrs = read_prepared_attrs(tmp_path / "results/demo/prepared/cmu1-he_1--scale-100pc--HE.h5")
     assert (attrs["reader"], attrs["vendor"], attrs["full_width"], attrs["full_height"]) == ("openslide", "aperio", 2220, 2967)
     assert attrs["scale_y"] == pytest.approx(1024 / 2967)
+    import pyvips
+    preview = pyvips.Image.new_from_file(str(tmp_path / "results/demo/prepared/cmu1-he_1--scale-100pc--HE.png"))
+    assert (preview.width, preview.height) == (766, 1024)
     assert not list(tmp_path.rglob("*.tmp-*")), "temporary files left behind"
     for log in ("logs/prepare/demo/cmu1-he_1--scale-100pc--HE.log", "logs/tables/demo.log"):
         assert (tmp_path / log).stat().st_size > 0
@@ -135,6 +138,7 @@ def test_bad_inputs_fail_alone_under_keep_going(tmp_path, birl):
         assert not (work / f"results/bad/evaluation/initial/{pair.pair_id}.json").exists(), name
         if rule == "prepare":
             assert not (work / f"results/bad/prepared/{pair.moving_id}.h5").exists(), name
+            assert not (work / f"results/bad/prepared/{pair.moving_id}.png").exists(), name
             log = work / f"logs/prepare/bad/{pair.moving_id}.log"
         else:
             log = work / f"logs/evaluate/bad/initial/{pair.pair_id}.log"

@@ -1,4 +1,5 @@
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -15,6 +16,9 @@ with logged(snakemake.log[0]) as log:
         raise InputError(p.warped_landmarks, p.pair["error"])
     attrs = read_prepared_attrs(snakemake.input.fixed)
     fixed_size = (int(attrs["full_width"]), int(attrs["full_height"]))
+    if abs(p.table_diagonal - math.hypot(*fixed_size)) > 0.01 * math.hypot(*fixed_size):
+        log.warning("cover table says the fixed image's diagonal is %.1f px, the image has %.1f px; "
+                    "rTRE uses the image", p.table_diagonal, math.hypot(*fixed_size))
     errors, summary = evaluate_pair(p.fixed_landmarks, p.warped_landmarks, fixed_size, p.missing_landmarks)
     summary = {"pair_id": snakemake.wildcards.pair_id, "method": snakemake.wildcards.method,
                **p.pair, "fixed_width": fixed_size[0], "fixed_height": fixed_size[1], **summary}
