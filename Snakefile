@@ -16,6 +16,8 @@ configfile: os.path.join(workflow.basedir, "config.yaml")
 include: "rules/common.smk"
 include: "rules/download.smk"
 include: "rules/prepare.smk"
+include: "rules/features.smk"
+include: "rules/cluster.smk"
 include: "rules/evaluate.smk"
 include: "rules/aggregate.smk"
 
@@ -24,3 +26,6 @@ rule all:
     default_target: True
     input:
         expand("results/{dataset}/tables/median_rtre.csv", dataset=config["run"]),
+        expand("results/{dataset}/segmentation/done.txt", dataset=config["run"])
+        if config["segmentation"]["enabled"]
+        else [],

@@ -101,6 +101,33 @@ def all_evaluations(wildcards):
     )
 
 
+def training_image_ids(dataset):
+    """Images of the dataset's training pairs (all pairs when none is marked training), minus those the
+    dataset stage already found broken: what FGSN pretraining and the codebook learn from."""
+    pairs = pairs_table(dataset)
+    usable = pairs[pairs["error"] == ""]
+    chosen = usable[usable["status"] == "training"]
+    if chosen.empty:
+        chosen = usable
+    return sorted(set(chosen["fixed_id"]) | set(chosen["moving_id"]))
+
+
+def prepared_of(dataset, ids):
+    return [f"results/{dataset}/prepared/{i}.h5" for i in ids]
+
+
+def features_of(dataset, ids):
+    return [f"results/{dataset}/features/{i}.h5" for i in ids]
+
+
+def segmentation_outputs(wildcards):
+    """Every image's segmentation map (the default target builds them when segmentation is enabled)."""
+    if not config["segmentation"]["enabled"]:
+        return []
+    images = images_table(wildcards.dataset)
+    return [f"results/{wildcards.dataset}/segmentation/{i}.h5" for i in images.index]
+
+
 _SRC_HASHES = {}
 
 

@@ -1,0 +1,175 @@
+"""The four segmentation stages as functions the workflow scripts call (one per rule)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+import numpy as np
+
+from ..errors import InputError
+from ..h5io import (features_writer, read_codebook, read_features, read_prepared, write_codebook,
+                    write_segmentation)
+
+log = logging.getLogger(__name__)
+
+
+def pretrain_stage(prepared_paths: list[str], model_path: str, loss_csv: str, *, mode: str = "self",
+                   glas_root: str | None = None, pseudo_classes: int = 4, base_channels: int = 16,
+                   feature_channels: int = 16, feature_stride: int = 2, settings: dict | None = None) -> str:
+    """Pretrain on the images at the feature scale (working image / feature_stride), where the network's
+    receptive field covers tissue-level structure rather than single nuclei."""
+    from .fgsn import FGSNConfig, downsample_for_features
+    from .pretrain import PretrainSettings, Sample, load_glas, pretrain_and_save, pseudo_labels
+    settings_ = PretrainSettings(**(settings or {}))
+    images = []
+    for path in prepared_paths:
+        p = read_prepared(path)
+        rgb, mask = downsample_for_features(p.image, p.mask, feature_stride)
+        images.append((rgb, mask, os.path.basename(path)))
+    if mode == "glas":
+        if not glas_root:
+            raise InputError(None, "segmentation.pretrain.mode is `glas` but glas_root is not set")
+        samples = load_glas(glas_root)
+        n_classes, source = 2, f"GlaS at {glas_root} ({len(samples)} annotated images)"
+    else:
+        samples = [Sample(rgb, mask, pseudo_labels(rgb, mask, pseudo_classes, settings_.seed), name)
+                   for rgb, mask, name in images]
+        n_classes, source = pseudo_classes + 1, f"pseudo-labels of {len(samples)} prepared images"
+    config = FGSNConfig(base_channels=base_channels, feature_channels=feature_channels)
+    return pretrain_and_save(samples, n_classes, settings_, [(rgb, mask) for rgb, mask, _ in images],
+                             model_path, loss_csv, config, source)
+
+
+def extract_stage(prepared_path: str, model_path: str, out_path: str, image_id: str, *, tile: int = 512,
+                  margin: int = 64, feature_stride: int = 2, smooth_sigma: float = 1.0) -> None:
+    """Features at working resolution / feature_stride, upsampled (linear, centre-aligned) onto the
+    working grid, so every later stage indexes features like the prepared image."""
+    from .fgsn import (downsample_for_features, load_checkpoint, normalise_image, pick_device,
+                       tiled_features, upsample_linear)
+    device = pick_device()
+    model, projection, checksum = load_checkpoint(model_path, device)
+    prepared = read_prepared(prepared_path)
+    if not prepared.mask.any():
+        raise InputError(prepared_path, "no tissue in the prepared image; refusing to make features")
+    rgb, mask = downsample_for_features(prepared.image, prepared.mask, feature_stride)
+    x = normalise_image(rgb, mask)
+    h, w = prepared.mask.shape
+    attrs = {"model_sha256": checksum, "image_id": image_id, "source": str(prepared.attrs["source"]),
+             "scale_x": prepared.scale[0], "scale_y": prepared.scale[1], "tile": tile, "margin": margin,
+             "feature_stride": feature_stride, "smooth_sigma": smooth_sigma}
+    started = time.perf_counter()
+    last = [0.0]
+
+    def progress(done, total):
+        if time.perf_counter() - last[0] > 10 or done == total:
+            last[0] = time.perf_counter()
+            log.info("%s: features tile %d/%d (%.1fs)", image_id, done, total, last[0] - started)
+
+    with features_writer(out_path, (h, w, len(projection[1])), attrs, chunk=min(256, tile)) as dataset:
+        if feature_stride == 1 and not smooth_sigma:
+            tiled_features(model, x, projection, tile=tile, margin=margin, out=dataset, device=device,
+                           progress=progress)
+        else:
+            small = tiled_features(model, x, projection, tile=tile, margin=margin, device=device,
+                                   progress=progress)
+            if smooth_sigma:
+                # pixel-level texture flips fine labels between two stainings; a light blur at the
+                # feature scale keeps tissue-level structure and steadies the labels
+                from scipy import ndimage
+                small = ndimage.gaussian_filter(small, sigma=(smooth_sigma, smooth_sigma, 0), mode="nearest")
+            upsample_linear(small, feature_stride, h, w, out=dataset)
+    log.info("%s: %dx%d features, %d channels, model %s, %.1fs on %s", image_id, w, h, len(projection[1]),
+             checksum[:12], time.perf_counter() - started, device)
+
+
+def sample_pixels(feature_paths: list[str], prepared_paths: list[str], n_total: int, seed: int,
+                  tissue_share: float = 0.8, model_sha256: str | None = None) -> np.ndarray:
+    """Equal numbers of pixels per image, `tissue_share` of them on tissue, the rest on background."""
+    rng = np.random.default_rng(seed)
+    per_image = max(1, n_total // max(1, len(feature_paths)))
+    rows = []
+    channels = None
+    for fpath, ppath in zip(feature_paths, prepared_paths, strict=True):
+        features, attrs = read_features(fpath, model_sha256=model_sha256, channels=channels)
+        channels = features.shape[2]
+        mask = read_prepared(ppath).mask
+        if mask.shape != features.shape[:2]:
+            raise InputError(fpath, f"features are {features.shape[1]}x{features.shape[0]} but the prepared "
+                                    f"image is {mask.shape[1]}x{mask.shape[0]}")
+        tissue, background = np.flatnonzero(mask), np.flatnonzero(~mask)
+        n_t = min(len(tissue), int(round(per_image * tissue_share)) if len(background) else per_image)
+        n_b = min(len(background), per_image - n_t)
+        pick = np.concatenate([rng.choice(tissue, n_t, replace=False), rng.choice(background, n_b, replace=False)])
+        rows.append(features.reshape(-1, channels)[pick])
+    return np.concatenate(rows)
+
+
+def codebook_stage(feature_paths: list[str], prepared_paths: list[str], dataset: str, out_h5: str,
+                   out_csv: str, out_png: str, *, k0: int = 24, shrink: float = 0.9, k_min: int = 2,
+                   references: int = 10, samples: int = 50000, seed: int = 0) -> int:
+    from ..atomic import write_csv_atomic
+    from .clustering import candidate_ks, fit_centres, gap_statistic
+    first_attrs = read_features(feature_paths[0], rows=slice(0, 1))[1]
+    model = str(first_attrs["model_sha256"])
+    data = sample_pixels(feature_paths, prepared_paths, samples, seed, model_sha256=model)
+    ks = candidate_ks(k0, shrink, k_min)
+    log.info("%s: choosing k among %s on %d sampled pixels of %d images, B=%d", dataset, ks, len(data),
+             len(feature_paths), references)
+    result = gap_statistic(data, ks, references, seed)
+    centres = fit_centres(data, result.k, seed)
+    write_codebook(out_h5, centres, result.curve, {"dataset": dataset, "model_sha256": model,
+                                                   "samples": len(data), "references": references})
+    write_csv_atomic(out_csv, result.curve, float_format="%.6g")
+    plot_gap_curve(result.curve, result.k, out_png, title=f"{dataset}: gap statistic")
+    log.info("%s: k = %d", dataset, result.k)
+    return result.k
+
+
+def segment_stage(features_path: str, prepared_path: str, codebook_path: str, dataset: str, image_id: str,
+                  out_h5: str, out_png: str, *, temperature: float | None = None) -> None:
+    import pyvips
+
+    from ..atomic import atomic_path
+    from .clustering import assign
+    from .fgsn import file_sha256
+    centres, cb = read_codebook(codebook_path, dataset=dataset)
+    prepared = read_prepared(prepared_path)
+    if not prepared.mask.any():
+        raise InputError(prepared_path, "no tissue in the prepared image; refusing to segment it")
+    features, attrs = read_features(features_path, model_sha256=str(cb["model_sha256"]), channels=centres.shape[1])
+    labels, soft = assign(features, centres, temperature)
+    write_segmentation(out_h5, labels, soft, {"dataset": dataset, "image_id": image_id,
+                                              "codebook_sha256": file_sha256(codebook_path)})
+    overlay = label_overlay(prepared.image, labels, len(centres))
+    with atomic_path(out_png) as tmp:
+        pyvips.Image.new_from_array(overlay).copy(interpretation="srgb").pngsave(os.fspath(tmp))
+    counts = np.bincount(labels.ravel(), minlength=len(centres))
+    log.info("%s: %d labels used of %d; largest share %.1f%%", image_id, int((counts > 0).sum()),
+             len(centres), 100 * counts.max() / counts.sum())
+
+
+def label_overlay(rgb: np.ndarray, labels: np.ndarray, k: int, alpha: float = 0.5) -> np.ndarray:
+    import matplotlib
+    colours = (np.asarray(matplotlib.colormaps["tab20"].resampled(max(k, 2))(np.arange(k)))[:, :3] * 255)
+    return np.clip((1 - alpha) * rgb + alpha * colours[labels], 0, 255).astype(np.uint8)
+
+
+def plot_gap_curve(curve, chosen: int, out_png: str, title: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..atomic import atomic_path
+    fig, ax = plt.subplots(figsize=(5, 3.2), dpi=120)
+    ax.errorbar(curve["k"], curve["gap"], yerr=curve["s"], marker="o", ms=3, capsize=2)
+    ax.axvline(chosen, color="tab:red", ls="--", lw=1, label=f"chosen k = {chosen}")
+    ax.set_xlabel("k (clusters)")
+    ax.set_ylabel("Gap(k) ± s_k")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    with atomic_path(out_png) as tmp:
+        fig.savefig(tmp)
+    plt.close(fig)
