@@ -46,3 +46,29 @@ def test_errors_are_listed_together():
     for expected in ("'typo' was unexpected", "config.prepare.max_side", "dataset 'anhir' is not defined",
                      "config.datasets.x: a local dataset needs `root`"):
         assert expected in text
+
+
+def test_library_defaults_match_the_schema():
+    """Calling srnet_core without a config gives what the workflow's defaults give."""
+    import inspect
+
+    from srnet_core.segmentation.pretrain import PretrainSettings
+    from srnet_core.segmentation.stages import codebook_stage, extract_stage, pretrain_stage
+    seg = validate_config({})["segmentation"]
+
+    def defaults(fn):
+        return {k: p.default for k, p in inspect.signature(fn).parameters.items() if p.default is not p.empty}
+
+    cb = defaults(codebook_stage)
+    assert {k: cb[k] for k in ("k0", "shrink", "k_min", "references", "samples", "seed")} == \
+        {k: v for k, v in seg["clustering"].items() if k != "temperature"}
+    ex = defaults(extract_stage)
+    assert (ex["tile"], ex["margin"], ex["feature_stride"], ex["smooth_sigma"]) == \
+        tuple(seg["features"][k] for k in ("tile", "margin", "stride", "smooth_sigma"))
+    pt = defaults(pretrain_stage)
+    assert (pt["mode"], pt["pseudo_classes"], pt["base_channels"], pt["feature_channels"], pt["feature_stride"]) == (
+        seg["pretrain"]["mode"], seg["pretrain"]["pseudo_classes"], seg["fgsn"]["base_channels"],
+        seg["fgsn"]["feature_channels"], seg["features"]["stride"])
+    settings = PretrainSettings()
+    for key in ("iterations", "batch_size", "crop", "lr", "seed"):
+        assert getattr(settings, key) == seg["pretrain"][key], key

@@ -61,10 +61,22 @@ def test_demo_end_to_end_then_nothing_to_do(tmp_path):
     assert again.returncode == 0
     assert "Nothing to be done" in again.stdout + again.stderr
 
+    # segmentation maps: one codebook for the dataset, a map and an overlay per image
+    seg = tmp_path / "results/demo/segmentation"
+    assert len(list(seg.glob("*--*.h5"))) == 9 and len(list(seg.glob("*--*.png"))) == 9
+    assert (seg / "gap_curve.png").exists() and (seg / "codebook.h5").exists()
+    assert len(list((tmp_path / "results/demo/features").glob("*.h5"))) == 9
+
     # a preparation setting re-runs preparation and what follows, not the data stages
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump({"prepare": {"max_side": 512}}))
     changed = run_snakemake(tmp_path, f"--configfile={tmp_path / 'cfg.yaml'}", "-n", "--quiet", "rules")
-    assert _job_counts(changed) == {"prepare": 9, "evaluate": 6, "tables": 1, "all": 1}
+    assert _job_counts(changed) == {"prepare": 9, "evaluate": 6, "tables": 1, "pretrain_fgsn": 1,
+                                    "extract_features": 9, "fit_codebook": 1, "segment": 9,
+                                    "segmentation_done": 1, "all": 1}
+    # a clustering setting (B) re-runs the codebook and the maps, not features or pretraining
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump({"segmentation": {"clustering": {"references": 5}}}))
+    changed = run_snakemake(tmp_path, f"--configfile={tmp_path / 'cfg.yaml'}", "-n", "--quiet", "rules")
+    assert _job_counts(changed) == {"fit_codebook": 1, "segment": 9, "segmentation_done": 1, "all": 1}
 
 
 def _job_counts(result) -> dict[str, int]:
@@ -166,7 +178,8 @@ def test_cover_table_missing_column_is_one_clear_error(tmp_path, birl):
 def test_download_dataset_through_loopback(tmp_path, birl, http_root_server):
     """The shipped birl_samples entry, served from ../shared/data/birl on 127.0.0.1."""
     url = http_root_server(birl)
-    override = {"run": ["birl_samples"], "datasets": {"birl_samples": {"url_base": url}}}
+    override = {"run": ["birl_samples"], "datasets": {"birl_samples": {"url_base": url}},
+                "segmentation": {"enabled": False}}      # the demo run covers segmentation
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(override))
     result = run_snakemake(tmp_path, "--configfile", str(tmp_path / "cfg.yaml"))
     assert result.returncode == 0, result.stderr[-4000:]

@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class PretrainSettings:
-    iterations: int = 400
+    iterations: int = 300
     batch_size: int = 8
     crop: int = 128
     lr: float = 1e-3

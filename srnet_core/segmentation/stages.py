@@ -107,7 +107,7 @@ def sample_pixels(feature_paths: list[str], prepared_paths: list[str], n_total: 
 
 
 def codebook_stage(feature_paths: list[str], prepared_paths: list[str], dataset: str, out_h5: str,
-                   out_csv: str, out_png: str, *, k0: int = 24, shrink: float = 0.9, k_min: int = 2,
+                   out_csv: str, out_png: str, *, k0: int = 6, shrink: float = 0.9, k_min: int = 2,
                    references: int = 10, samples: int = 50000, seed: int = 0) -> int:
     from ..atomic import write_csv_atomic
     from .clustering import candidate_ks, fit_centres, gap_statistic
