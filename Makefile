@@ -25,6 +25,7 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(BIN)/snakemake --cores $(CORES)
 	@echo
+	@echo "Segmentation maps (overlays): results/demo/segmentation/*.png; gap curve: results/demo/segmentation/gap_curve.png"
 	@echo "Final table (median rTRE per tissue): results/demo/tables/median_rtre.md"
 	@cat results/demo/tables/median_rtre.md
 
