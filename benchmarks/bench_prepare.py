@@ -37,12 +37,11 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import DOC, machine, verdict, write_section  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
-DOC = ROOT / "docs" / "BENCHMARKS.md"
 START, END = "<!-- bench_prepare:start -->", "<!-- bench_prepare:end -->"
-DOC_HEADER = ("# srnet benchmarks\n\n"
-              "Figures here come from the scripts in `benchmarks/*.py`, run by hand on the machine named in "
-              "each section; they are never timed tests.\n")
 
 WIDTH, HEIGHT = 40_000, 30_000
 MAX_SIDE = 2048
@@ -251,29 +250,7 @@ def measure(source: Path, reps: int) -> dict:
 
 # ---------------------------------------------------------------------------------------- report --
 
-def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    ram = "? GB"
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal"):
-                ram = f"{int(line.split()[1]) / 2**20:.1f} GiB"
-                break
-    except OSError:
-        pass
-    try:
-        affinity = len(os.sched_getaffinity(0))
-    except AttributeError:
-        affinity = os.cpu_count()
-    return (f"{cpu}, {os.cpu_count()} cores (os.cpu_count(); {affinity} usable), {ram} RAM, "
-            f"{platform.system()} {platform.release()}")
+
 
 
 def versions() -> str:
@@ -285,10 +262,7 @@ def versions() -> str:
             f"libvips {pyvips.version(0)}.{pyvips.version(1)}.{pyvips.version(2)}")
 
 
-def verdict(value: float, limit: float, unit: str, scale: float = 1.0) -> str:
-    if value < limit:
-        return f"PASS ({(limit - value) / scale:.{2 if unit == 's' else 0}f} {unit} headroom, {value / limit:.0%} of the limit)"
-    return f"MISS (over by {(value - limit) / scale:.{2 if unit == 's' else 0}f} {unit}, {value / limit:.0%} of the limit)"
+
 
 
 def section(results: dict, inputs: dict[str, Path], descriptions: dict[str, str], reps: int,
@@ -359,17 +333,11 @@ def section(results: dict, inputs: dict[str, Path], descriptions: dict[str, str]
     return "\n".join(L)
 
 
-def write_doc(text: str) -> None:
-    DOC.parent.mkdir(parents=True, exist_ok=True)
-    doc = DOC.read_text() if DOC.exists() else DOC_HEADER
-    if START in doc and END in doc:
-        head, rest = doc.split(START, 1)
-        _, tail = rest.split(END, 1)
-        doc = head + text + tail
-    else:
-        doc = doc.rstrip("\n") + "\n\n" + text + "\n"
-    DOC.write_text(doc)
-    print(f"updated {DOC.relative_to(ROOT)}")
+
+
+
+def write_doc_(text: str) -> None:
+    write_section(text, START, END)
 
 
 def main(argv=None) -> int:
@@ -395,7 +363,7 @@ def main(argv=None) -> int:
     print()
     print(text)
     if args.write:
-        write_doc(text)
+        write_doc_(text)
     return 0
 
 

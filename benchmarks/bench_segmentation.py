@@ -44,12 +44,11 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import DOC, machine, verdict, write_section  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
-DOC = ROOT / "docs" / "BENCHMARKS.md"
 START, END = "<!-- bench_segmentation:start -->", "<!-- bench_segmentation:end -->"
-DOC_HEADER = ("# srnet benchmarks\n\n"
-              "Figures here come from the scripts in `benchmarks/*.py`, run by hand on the machine named in "
-              "each section; they are never timed tests.\n")
 
 THREADS = 2                           # rules/features.smk extract_features and pretrain_fgsn: threads: 2
 TARGET_FEATURES_S = 10.0
@@ -284,29 +283,7 @@ def show_gap(r):
 
 # ---------------------------------------------------------------------------------------- report --
 
-def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    ram = "? GB"
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal"):
-                ram = f"{int(line.split()[1]) / 2**20:.1f} GiB"
-                break
-    except OSError:
-        pass
-    try:
-        affinity = len(os.sched_getaffinity(0))
-    except AttributeError:
-        affinity = os.cpu_count()
-    return (f"{cpu}, {os.cpu_count()} cores (os.cpu_count(); {affinity} usable), {ram} RAM, "
-            f"{platform.system()} {platform.release()}")
+
 
 
 def versions(threads: int) -> str:
@@ -321,11 +298,7 @@ def versions(threads: int) -> str:
             f"h5py {h5py.__version__} (HDF5 {h5py.version.hdf5_version})")
 
 
-def verdict(value: float, limit: float, unit: str, scale: float = 1.0) -> str:
-    digits = 2 if unit == "s" else 0
-    if value < limit:
-        return f"PASS ({(limit - value) / scale:.{digits}f} {unit} headroom, {value / limit:.0%} of the limit)"
-    return f"MISS (over by {(value - limit) / scale:.{digits}f} {unit}, {value / limit:.0%} of the limit)"
+
 
 
 def med(runs, key):
@@ -475,7 +448,7 @@ def section(ctx: dict) -> str:
             L[-1] += f" `fit_centres` for the chosen k (not part of the target) took {r['fit_centres_s']:.2f} s."
         if all(x["k"] == max(x["ks"]) for x in runs):
             rising = all(b - a > s for a, b, s in zip(curve["gap"], curve["gap"][1:], curve["s"][1:]))
-            L[-1] += (f" The chosen k is the largest candidate, k0 itself: "
+            L[-1] += (" The chosen k is the largest candidate, k0 itself: "
                       + ("Gap(k) rises at every step by more than s_k, so no k passes the rule "
                          "Gap(k) >= Gap(k') - s_k' and the fallback (largest gap) picks the cap."
                          if rising else "the rule picked the cap."))
@@ -522,17 +495,11 @@ def section(ctx: dict) -> str:
     return "\n".join(L)
 
 
-def write_doc(text: str) -> None:
-    DOC.parent.mkdir(parents=True, exist_ok=True)
-    doc = DOC.read_text() if DOC.exists() else DOC_HEADER
-    if START in doc and END in doc:
-        head, rest = doc.split(START, 1)
-        _, tail = rest.split(END, 1)
-        doc = head + text + tail
-    else:
-        doc = doc.rstrip("\n") + "\n\n" + text + "\n"
-    DOC.write_text(doc)
-    print(f"updated {DOC.relative_to(ROOT)}")
+
+
+
+def write_doc_(text: str) -> None:
+    write_section(text, START, END)
 
 
 def main(argv=None) -> int:
@@ -629,7 +596,7 @@ def main(argv=None) -> int:
     print(text)
     print(f"\n(benchmark took {time.perf_counter() - t_start:.0f} s)")
     if args.write:
-        write_doc(text)
+        write_doc_(text)
     return 0
 
 

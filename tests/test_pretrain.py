@@ -6,7 +6,7 @@ from PIL import Image
 from srnet_core.errors import InputError
 from srnet_core.segmentation import pretrain
 from srnet_core.segmentation.fgsn import FGSNConfig
-from srnet_core.segmentation.pretrain import (PretrainSettings, Sample, glas_pairs, load_glas, pseudo_labels,
+from srnet_core.segmentation.pretrain import (PretrainSettings, glas_pairs, load_glas, pseudo_labels,
                                               train_fgsn)
 
 
