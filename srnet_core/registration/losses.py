@@ -1,0 +1,118 @@
+"""SR-Net's training loss (seed Eq. 1): L_sim + lambda1 L_smooth + lambda2 L_seg, each an nn.Module
+with shape checks and a `spatial_dims` argument.
+
+L_sim   = w_mse * MSE + w_ncc * (1 - local NCC)   (srnet: both; srnet_mse / srnet_cc ablations: one)
+L_smooth = diffusion regulariser, the squared spatial gradients of u (mean over pixels: the seed's sum
+           divided by the pixel count, so lambda1 does not depend on the image size)
+L_seg   = MSE(M_fixed, field o M_moving)
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def _check_pair(a: torch.Tensor, b: torch.Tensor, spatial_dims: int, name: str) -> None:
+    if a.shape != b.shape:
+        raise ValueError(f"{name}: shapes differ, {tuple(a.shape)} vs {tuple(b.shape)}")
+    if a.ndim != spatial_dims + 2:
+        raise ValueError(f"{name}: expected (N, C, *{spatial_dims} spatial dims), got {tuple(a.shape)}")
+
+
+class LocalNCC(nn.Module):
+    """Mean local normalised cross-correlation over windows of `window` pixels (VoxelMorph's form:
+    cross^2 / (var_a var_b + eps)), in [0, 1]; flat patches give 0, never NaN. The loss is 1 - NCC.
+    `eps` is relative to the window's pixel count, so flatness means the same at every window size."""
+
+    def __init__(self, spatial_dims: int = 2, window: int = 9, eps: float = 1e-5):
+        super().__init__()
+        self.spatial_dims, self.window, self.eps = spatial_dims, window, eps
+
+    def ncc(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        _check_pair(a, b, self.spatial_dims, "LocalNCC")
+        conv = F.conv2d if self.spatial_dims == 2 else F.conv3d
+        c = a.shape[1]
+        kernel = torch.ones((c, 1) + (self.window,) * self.spatial_dims, device=a.device, dtype=a.dtype)
+        pad = self.window // 2
+
+        def box(x):
+            return conv(x, kernel, padding=pad, groups=c)
+
+        # statistics over the pixels each window really covers (fewer at the borders), so NCC is
+        # exactly invariant to gain and offset everywhere
+        n = box(torch.ones_like(a[:1]))
+        sa, sb = box(a), box(b)
+        saa, sbb, sab = box(a * a), box(b * b), box(a * b)
+        cross = sab - sa * sb / n
+        var_a = (saa - sa * sa / n).clamp(min=0)
+        var_b = (sbb - sb * sb / n).clamp(min=0)
+        return (cross * cross / (var_a * var_b + self.eps * n * n)).mean()
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return 1.0 - self.ncc(a, b)
+
+
+class SimilarityLoss(nn.Module):
+    def __init__(self, spatial_dims: int = 2, mse_weight: float = 1.0, ncc_weight: float = 1.0, window: int = 9):
+        super().__init__()
+        self.spatial_dims, self.mse_weight, self.ncc_weight = spatial_dims, mse_weight, ncc_weight
+        self.ncc = LocalNCC(spatial_dims, window)
+
+    def forward(self, fixed: torch.Tensor, warped: torch.Tensor) -> torch.Tensor:
+        _check_pair(fixed, warped, self.spatial_dims, "SimilarityLoss")
+        loss = fixed.new_zeros(())
+        if self.mse_weight:
+            loss = loss + self.mse_weight * F.mse_loss(warped, fixed)
+        if self.ncc_weight:
+            loss = loss + self.ncc_weight * self.ncc(fixed, warped)
+        return loss
+
+
+class DiffusionRegulariser(nn.Module):
+    """Mean over pixels of sum_d |d u / d x_d|^2 (forward differences)."""
+
+    def __init__(self, spatial_dims: int = 2):
+        super().__init__()
+        self.spatial_dims = spatial_dims
+
+    def forward(self, field: torch.Tensor) -> torch.Tensor:
+        if field.ndim != self.spatial_dims + 2 or field.shape[1] != self.spatial_dims:
+            raise ValueError(f"DiffusionRegulariser: expected (N, {self.spatial_dims}, ...), got {tuple(field.shape)}")
+        total = field.new_zeros(())
+        for axis in range(2, field.ndim):
+            total = total + (torch.diff(field, dim=axis) ** 2).mean() * field.shape[1]
+        return total
+
+
+class SegmentationLoss(nn.Module):
+    """MSE between the fixed image's segmentation map and the warped moving map (seed Eq. 2)."""
+
+    def __init__(self, spatial_dims: int = 2):
+        super().__init__()
+        self.spatial_dims = spatial_dims
+
+    def forward(self, fixed_map: torch.Tensor, warped_map: torch.Tensor) -> torch.Tensor:
+        _check_pair(fixed_map, warped_map, self.spatial_dims, "SegmentationLoss")
+        return F.mse_loss(warped_map, fixed_map)
+
+
+class SRNetLoss(nn.Module):
+    """Total loss with the seed's lambda1 = 0.95 and lambda2 = 1.05; returns (total, parts)."""
+
+    def __init__(self, spatial_dims: int = 2, lambda_smooth: float = 0.95, lambda_seg: float = 1.05,
+                 mse_weight: float = 1.0, ncc_weight: float = 1.0, window: int = 9):
+        super().__init__()
+        self.similarity = SimilarityLoss(spatial_dims, mse_weight, ncc_weight, window)
+        self.smooth = DiffusionRegulariser(spatial_dims)
+        self.seg = SegmentationLoss(spatial_dims)
+        self.lambda_smooth, self.lambda_seg = lambda_smooth, lambda_seg
+
+    def forward(self, fixed, warped, field, fixed_map=None, warped_map=None):
+        parts = {"sim": self.similarity(fixed, warped), "smooth": self.smooth(field)}
+        total = parts["sim"] + self.lambda_smooth * parts["smooth"]
+        if self.lambda_seg and fixed_map is not None:
+            parts["seg"] = self.seg(fixed_map, warped_map)
+            total = total + self.lambda_seg * parts["seg"]
+        return total, parts

@@ -1,0 +1,81 @@
+"""VoxelMorph-style registration UNet: strided 3x3 convolutions with LeakyReLU(0.2) down, upsampling
+with skip connections up, a 3x3 convolution to the displacement field. One code path for 2D and 3D.
+
+Inputs are concatenated along channels: fixed image, moving image, and (for SR-Net) their
+segmentation maps. Any size: padded to a multiple of 2^levels and cropped back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass
+class RegNetConfig:
+    spatial_dims: int = 2
+    in_channels: int = 2                       # 2 x image channels (+ 2 x map channels for SR-Net)
+    encoder: list[int] = field(default_factory=lambda: [16, 32, 32, 32])
+    decoder: list[int] = field(default_factory=lambda: [32, 32, 32, 32, 16, 16])
+
+
+class RegistrationUNet(nn.Module):
+    def __init__(self, config: RegNetConfig):
+        super().__init__()
+        self.config = config
+        d = config.spatial_dims
+        if d not in (2, 3):
+            raise ValueError(f"spatial_dims must be 2 or 3, got {d}")
+        conv = nn.Conv2d if d == 2 else nn.Conv3d
+        self._mode = "bilinear" if d == 2 else "trilinear"
+
+        def block(cin, cout, stride=1):
+            return nn.Sequential(conv(cin, cout, 3, stride=stride, padding=1), nn.LeakyReLU(0.2))
+
+        enc = config.encoder
+        self.levels = len(enc)
+        self.down = nn.ModuleList()
+        cin = config.in_channels
+        for cout in enc:
+            self.down.append(block(cin, cout, stride=2))
+            cin = cout
+        skips = [config.in_channels] + enc[:-1]        # resolution of each level after upsampling
+        self.up = nn.ModuleList()
+        dec = config.decoder
+        for i in range(self.levels):
+            self.up.append(block(cin + skips[-1 - i], dec[i]))
+            cin = dec[i]
+        self.extra = nn.ModuleList()
+        for cout in dec[self.levels:]:
+            self.extra.append(block(cin, cout))
+            cin = cout
+        self.flow = conv(cin, d, 3, padding=1)
+        nn.init.normal_(self.flow.weight, std=1e-5)     # start near the identity transform
+        nn.init.zeros_(self.flow.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        d = self.config.spatial_dims
+        if x.ndim != d + 2 or x.shape[1] != self.config.in_channels:
+            raise ValueError(f"expected (N, {self.config.in_channels}, *{d} spatial), got {tuple(x.shape)}")
+        spatial = x.shape[2:]
+        multiple = 2 ** self.levels
+        pad = []
+        for n in reversed(spatial):
+            pad += [0, (-n) % multiple]
+        x = F.pad(x, pad, mode="replicate") if any(pad) else x
+        skips = [x]
+        for layer in self.down:
+            x = layer(x)
+            skips.append(x)
+        skips.pop()
+        for layer in self.up:
+            x = F.interpolate(x, scale_factor=2, mode=self._mode, align_corners=False)
+            x = layer(torch.cat([x, skips.pop()], dim=1))
+        for layer in self.extra:
+            x = layer(x)
+        flow = self.flow(x)
+        crop = (slice(None), slice(None)) + tuple(slice(0, n) for n in spatial)
+        return flow[crop]
