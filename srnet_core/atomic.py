@@ -1,4 +1,5 @@
-"""Atomic outputs: write to a temporary name beside the target, rename when complete.
+"""File helpers: atomic outputs (write to a temporary name beside the target, rename when complete)
+and the SHA-256 of a file (download checks, model checksums).
 
 A killed job therefore leaves either the complete old file, the complete new file, or nothing,
 never a truncated file that a later stage could mistake for a finished one.
@@ -7,6 +8,7 @@ never a truncated file that a later stage could mistake for a finished one.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 from pathlib import Path
 from typing import Iterator
@@ -38,3 +40,11 @@ def write_csv_atomic(dest: str | os.PathLike, frame, **kwargs) -> None:
     kwargs.setdefault("index", False)
     with atomic_path(dest) as tmp:
         frame.to_csv(tmp, **kwargs)
+
+
+def sha256_of(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

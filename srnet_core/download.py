@@ -3,7 +3,6 @@ written atomically, optional archive unpacking that refuses members escaping the
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import logging
 import os
@@ -14,18 +13,12 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
+from .atomic import sha256_of
 from .errors import InputError
 
 log = logging.getLogger(__name__)
 CHUNK = 1 << 20
 
-
-def sha256_of(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(CHUNK), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def fetch(url: str, dest: str | os.PathLike, sha256: str, timeout: float = 60.0, retries: int = 3,

@@ -95,6 +95,12 @@ def read_prepared_attrs(path: str | os.PathLike) -> dict:
         return dict(f.attrs)
 
 
+def read_prepared_mask(path: str | os.PathLike) -> np.ndarray:
+    """The tissue mask only (sampling pixels needs no RGB)."""
+    with open_checked(path, FORMAT_PREPARED) as f:
+        return f["mask"][()].astype(bool)
+
+
 def read_prepared(path: str | os.PathLike) -> Prepared:
     with open_checked(path, FORMAT_PREPARED) as f:
         return Prepared(f["image"][()], f["mask"][()].astype(bool), f["tiles"][()], dict(f.attrs))

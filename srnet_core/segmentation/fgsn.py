@@ -14,7 +14,6 @@ equal one-pass features up to float rounding, and only one tile's activations ex
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 from dataclasses import asdict, dataclass
@@ -23,6 +22,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from ..atomic import atomic_path, sha256_of
 
 LEVELS = 3
 MULTIPLE = 2 ** LEVELS
@@ -182,7 +183,6 @@ def tiled_features(model: FGSN, image: np.ndarray, projection: tuple[np.ndarray,
 def save_checkpoint(path: str | os.PathLike, model: FGSN, projection: tuple[np.ndarray, np.ndarray],
                     extra: dict | None = None) -> str:
     """Write atomically; returns the file's SHA-256 (the model checksum features record)."""
-    from ..atomic import atomic_path
     payload = {
         "format": "srnet-fgsn-1",
         "config": asdict(model.config),
@@ -193,7 +193,7 @@ def save_checkpoint(path: str | os.PathLike, model: FGSN, projection: tuple[np.n
     }
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
-    return file_sha256(path)
+    return sha256_of(path)
 
 
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu"
@@ -209,15 +209,8 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu"
     model.load_state_dict(payload["state_dict"])
     model.eval()
     projection = (payload["pca_mean"].cpu().numpy(), payload["pca_components"].cpu().numpy())
-    return model, projection, file_sha256(path)
+    return model, projection, sha256_of(path)
 
-
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def pick_device() -> torch.device:

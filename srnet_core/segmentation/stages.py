@@ -9,8 +9,8 @@ import time
 import numpy as np
 
 from ..errors import InputError
-from ..h5io import (features_writer, read_codebook, read_features, read_prepared, write_codebook,
-                    write_segmentation)
+from ..h5io import (features_writer, read_codebook, read_features, read_prepared, read_prepared_mask,
+                    write_codebook, write_segmentation)
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ def sample_pixels(feature_paths: list[str], prepared_paths: list[str], n_total: 
     for fpath, ppath in zip(feature_paths, prepared_paths, strict=True):
         features, attrs = read_features(fpath, model_sha256=model_sha256, channels=channels)
         channels = features.shape[2]
-        mask = read_prepared(ppath).mask
+        mask = read_prepared_mask(ppath)
         if mask.shape != features.shape[:2]:
             raise InputError(fpath, f"features are {features.shape[1]}x{features.shape[0]} but the prepared "
                                     f"image is {mask.shape[1]}x{mask.shape[0]}")
@@ -131,9 +131,8 @@ def segment_stage(features_path: str, prepared_path: str, codebook_path: str, da
                   out_h5: str, out_png: str, *, temperature: float | None = None) -> None:
     import pyvips
 
-    from ..atomic import atomic_path
+    from ..atomic import atomic_path, sha256_of
     from .clustering import assign
-    from .fgsn import file_sha256
     centres, cb = read_codebook(codebook_path, dataset=dataset)
     prepared = read_prepared(prepared_path)
     if not prepared.mask.any():
@@ -141,7 +140,7 @@ def segment_stage(features_path: str, prepared_path: str, codebook_path: str, da
     features, attrs = read_features(features_path, model_sha256=str(cb["model_sha256"]), channels=centres.shape[1])
     labels, soft = assign(features, centres, temperature)
     write_segmentation(out_h5, labels, soft, {"dataset": dataset, "image_id": image_id,
-                                              "codebook_sha256": file_sha256(codebook_path)})
+                                              "codebook_sha256": sha256_of(codebook_path)})
     overlay = label_overlay(prepared.image, labels, len(centres))
     with atomic_path(out_png) as tmp:
         pyvips.Image.new_from_array(overlay).copy(interpretation="srgb").pngsave(os.fspath(tmp))
