@@ -18,6 +18,7 @@ include: "rules/download.smk"
 include: "rules/prepare.smk"
 include: "rules/features.smk"
 include: "rules/cluster.smk"
+include: "rules/register.smk"
 include: "rules/evaluate.smk"
 include: "rules/aggregate.smk"
 

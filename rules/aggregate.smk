@@ -5,6 +5,7 @@ rule tables:
     input:
         pairs="results/{dataset}/dataset.csv",
         summaries=all_evaluations,
+        registrations=all_registrations,
     output:
         csv="results/{dataset}/tables/median_rtre.csv",
         md="results/{dataset}/tables/median_rtre.md",

@@ -84,11 +84,114 @@ def pair_record(wildcards):
 
 
 def warped_landmarks(wildcards):
-    """Moving landmarks mapped into the fixed frame by the method; `initial` is the identity."""
+    """Moving landmarks mapped into the fixed frame by the method; `initial` is the identity. A pair
+    without a moving landmark file (none named, or named but absent) keeps the raw name, so that
+    evaluation reports why it is unscored; it is still registered (see all_registrations)."""
     pair = pair_record(wildcards)
-    if wildcards.method == "initial":
-        return pair["moving_landmarks_path"]
+    raw = pair["moving_landmarks_path"]
+    if wildcards.method == "initial" or not raw or not os.path.exists(raw):
+        return raw
     return f"results/{wildcards.dataset}/registration/{wildcards.method}/{wildcards.pair_id}/warped_landmarks.csv"
+
+
+def evaluation_landmarks(wildcards):
+    """The fixed landmarks and the warped moving ones: raw files only when they exist (a missing user
+    file fails that job with a clear message), a registration output always (it is made by a job)."""
+    pair = pair_record(wildcards)
+    warped = warped_landmarks(wildcards)
+    produced = warped != pair["moving_landmarks_path"]
+    return existing(pair["fixed_landmarks_path"]) + ([warped] if produced else existing(warped))
+
+
+# ----------------------------------------------------------------------------------------------------
+# registration
+
+REGISTRATION_MODULES = ("registration/affine", "registration/data", "registration/infer", "registration/losses",
+                        "registration/network", "registration/stages", "registration/train",
+                        "registration/transform", "registration/warp", "h5io", "landmarks", "coords")
+
+
+def learned_methods():
+    """Methods of registration.methods that the tables ask for."""
+    return [m for m in config["evaluate"]["methods"] if m in config["registration"]["methods"]]
+
+
+def trained_methods():
+    """Learned methods trained here (no `checkpoint`: apply mode trains nothing)."""
+    return [m for m in learned_methods() if not config["registration"]["methods"][m]["checkpoint"]]
+
+
+def method_settings(method):
+    """The loss and input settings of a method (what its training and registration depend on)."""
+    return {k: v for k, v in config["registration"]["methods"][method].items() if k != "checkpoint"}
+
+
+def uses_maps(method):
+    s = config["registration"]["methods"][method]
+    return bool(s["map_inputs"] or s["lambda_seg"])
+
+
+def model_of(dataset, method):
+    supplied = config["registration"]["methods"][method]["checkpoint"]
+    return supplied or f"results/{dataset}/models/{method}/model.pt"
+
+
+def training_pair_frame(dataset):
+    pairs = pairs_table(dataset)
+    usable = pairs[pairs["error"] == ""]
+    chosen = usable[usable["status"] == "training"]
+    return chosen if not chosen.empty else usable
+
+
+def _pair_files(dataset, pair, maps):
+    files = {
+        "fixed": f"results/{dataset}/prepared/{pair['fixed_id']}.h5",
+        "moving": f"results/{dataset}/prepared/{pair['moving_id']}.h5",
+        "affine": f"results/{dataset}/affine/{pair['pair_id']}.json",
+    }
+    if maps:
+        files["fixed_seg"] = f"results/{dataset}/segmentation/{pair['fixed_id']}.h5"
+        files["moving_seg"] = f"results/{dataset}/segmentation/{pair['moving_id']}.h5"
+    return files
+
+
+def training_pairs(dataset, method):
+    maps = uses_maps(method)
+    return [_pair_files(dataset, row, maps) for _, row in training_pair_frame(dataset).iterrows()]
+
+
+def training_inputs(wildcards):
+    files = {"pairs": sorted({f for p in training_pairs(wildcards.dataset, wildcards.method) for f in p.values()})}
+    if uses_maps(wildcards.method):
+        files["codebook"] = f"results/{wildcards.dataset}/segmentation/codebook.h5"
+    return files
+
+
+def register_inputs(wildcards):
+    pair = pair_record(wildcards)
+    learned = wildcards.method != "affine"
+    maps = learned and uses_maps(wildcards.method)
+    files = _pair_files(wildcards.dataset, pair, maps)
+    if learned:
+        files["model"] = model_of(wildcards.dataset, wildcards.method)
+        if maps:
+            files["codebook"] = f"results/{wildcards.dataset}/segmentation/codebook.h5"
+    files["landmarks"] = existing(pair["moving_landmarks_path"])
+    return files
+
+
+def all_registrations(wildcards):
+    """Every pair registered by every method the tables ask for (scored or not)."""
+    methods = [m for m in config["evaluate"]["methods"] if m != "initial"]
+    outputs = expand(
+        "results/{dataset}/registration/{method}/{pair_id}/timing.json",
+        dataset=wildcards.dataset,
+        method=methods,
+        pair_id=pairs_table(wildcards.dataset)["pair_id"],
+    )
+    if config["registration"]["infer"]["warp_slide"]:
+        outputs += [o.replace("timing.json", "warped_moving.tif") for o in outputs]
+    return outputs
 
 
 def all_evaluations(wildcards):

@@ -5,8 +5,7 @@ rule evaluate:
     input:
         fixed=lambda wc: f"results/{wc.dataset}/prepared/{pair_record(wc)['fixed_id']}.h5",
         moving=lambda wc: f"results/{wc.dataset}/prepared/{pair_record(wc)['moving_id']}.h5",
-        landmarks=lambda wc: existing(pair_record(wc)["fixed_landmarks_path"])
-        + existing(warped_landmarks(wc)),
+        landmarks=evaluation_landmarks,
     output:
         errors="results/{dataset}/evaluation/{method}/{pair_id}.csv",
         summary="results/{dataset}/evaluation/{method}/{pair_id}.json",

@@ -54,6 +54,17 @@ def validate_config(config: dict) -> dict:
                 problems.append(f"config.datasets.{name}: `root` is only for local datasets; "
                                 f"{ds['source']} datasets live in {generated}")
             ds["root"] = generated
+    learned = (config.get("registration") or {}).get("methods") or {}
+    segmentation = (config.get("segmentation") or {}).get("enabled", True)
+    for name in (config.get("evaluate") or {}).get("methods") or []:
+        if name in ("initial", "affine"):
+            continue
+        if name not in learned:
+            problems.append(f"config.evaluate.methods: {name!r} is neither initial, affine nor a method under "
+                            f"registration.methods ({', '.join(sorted(learned)) or 'none'})")
+        elif not segmentation and (learned[name].get("map_inputs", True) or learned[name].get("lambda_seg", 1.05)):
+            problems.append(f"config.registration.methods.{name}: uses segmentation maps, but "
+                            "segmentation.enabled is false (set lambda_seg: 0 and map_inputs: false, or enable it)")
     for name in config.get("run", []):
         if name not in (config.get("datasets") or {}):
             problems.append(f"config.run: dataset {name!r} is not defined under `datasets`")

@@ -9,6 +9,9 @@ codebook  (srnet-codebook-1): `centres` (k, C) float32, `gap` (n, 6) curve; attr
           model_sha256, channels.
 segmentation (srnet-segmentation-1): `labels` (H, W) uint16, `map` (k, H, W) float16 soft assignments;
           attrs dataset, k, codebook_sha256, image_id.
+field     (srnet-field-1): `field` (2, H, W) float32 on the fixed working grid, working px, channel 0 = dx,
+          1 = dy (backward: moving(p + u(p))); attrs affine (2x3, fixed work -> moving work), fixed_scale,
+          moving_scale, fixed_full, moving_full, method, pair_id, model_sha256.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ FORMAT_PREPARED = "srnet-prepared-1"
 FORMAT_FEATURES = "srnet-features-1"
 FORMAT_CODEBOOK = "srnet-codebook-1"
 FORMAT_SEGMENTATION = "srnet-segmentation-1"
+FORMAT_FIELD = "srnet-field-1"
 
 
 @contextlib.contextmanager
@@ -167,3 +171,29 @@ def write_segmentation(path: str | os.PathLike, labels: np.ndarray, soft: np.nda
 def read_segmentation(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, dict]:
     with open_checked(path, FORMAT_SEGMENTATION) as f:
         return f["labels"][()], f["map"][()], dict(f.attrs)
+
+
+# ----------------------------------------------------------------------------------------------------
+# registration fields
+
+def write_field(path: str | os.PathLike, field: np.ndarray, attrs: dict, chunk: int = 256) -> None:
+    field = np.asarray(field, dtype=np.float32)
+    if field.ndim != 3 or field.shape[0] != 2:
+        raise ValueError(f"field must be (2, H, W), got {field.shape}")
+    with h5_writer(path, FORMAT_FIELD, attrs) as f:
+        f.create_dataset("field", data=field, chunks=(1,) + _chunks(field.shape[1:], chunk),
+                         compression="gzip", compression_opts=1, shuffle=True)
+
+
+def read_field(path: str | os.PathLike, shape: tuple[int, int] | None = None) -> tuple[np.ndarray, dict]:
+    """The field and attrs; `shape` (H, W) is the fixed working grid it must cover."""
+    with open_checked(path, FORMAT_FIELD) as f:
+        data = f["field"]
+        if data.ndim != 3 or data.shape[0] != 2 or (shape is not None and tuple(data.shape[1:]) != tuple(shape)):
+            want = f"(2, {shape[0]}, {shape[1]})" if shape is not None else "(2, H, W)"
+            raise InputError(path, f"field has shape {data.shape}, expected {want} (the fixed working grid)")
+        values = data[()]
+        attrs = dict(f.attrs)
+    if not np.isfinite(values).all():
+        raise InputError(path, "field holds NaN or infinite displacements")
+    return values, attrs

@@ -2,7 +2,9 @@
 
 Background is estimated as the median colour of the image border (bright-field glass is white, dark-field
 or fluorescence backgrounds are dark: both work), tissue is what differs from it by more than an
-Otsu threshold on the colour distance (floored, so a blank slide's noise never counts as tissue).
+Otsu threshold on the colour distance (floored, so a blank slide's noise never counts as tissue, and
+capped a few noise levels above the background, because on a pale stain such as cytokeratin IHC Otsu
+splits the strongly stained structures from the pale tissue instead of tissue from glass).
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ def tissue_mask(rgb: np.ndarray, min_fraction: float = 0.005, source: str | None
     if float(distance.max()) - float(distance.min()) < 1e-3:
         threshold = np.inf
     else:
-        threshold = max(float(threshold_otsu(distance)), MIN_CONTRAST)
+        noise = float(np.median(np.sqrt(((border - background) ** 2).sum(axis=1))))
+        threshold = max(min(float(threshold_otsu(distance)), MIN_CONTRAST + 4 * noise), MIN_CONTRAST)
     mask = distance > threshold
     mask = ndimage.binary_opening(mask, iterations=1)
     mask = _drop_small_components(mask, min_pixels=max(16, int(1e-4 * h * w)))

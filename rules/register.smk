@@ -1,0 +1,108 @@
+# Stage: affine pre-alignment (per pair), training (per method), registration (per pair x method),
+# and on request the warped full-resolution moving slide.
+
+
+rule affine:
+    input:
+        fixed=lambda wc: f"results/{wc.dataset}/prepared/{pair_record(wc)['fixed_id']}.h5",
+        moving=lambda wc: f"results/{wc.dataset}/prepared/{pair_record(wc)['moving_id']}.h5",
+    output:
+        "results/{dataset}/affine/{pair_id}.json",
+    params:
+        settings=config["registration"]["affine"],
+        code=src_hash("registration/affine", "registration/stages", "h5io", "tissue"),
+    log:
+        "logs/affine/{dataset}/{pair_id}.log",
+    conda:
+        "../envs/torch.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+    script:
+        "../workflow_scripts/affine.py"
+
+
+rule train_registration:
+    input:
+        unpack(training_inputs),
+    output:
+        model="results/{dataset}/models/{method}/model.pt",
+        loss_csv="results/{dataset}/models/{method}/loss.csv",
+        loss_png="results/{dataset}/models/{method}/loss.png",
+    wildcard_constraints:
+        method=alternation(trained_methods()),
+    params:
+        pairs=lambda wc: training_pairs(wc.dataset, wc.method),
+        method=lambda wc: method_settings(wc.method),
+        train=config["registration"]["train"],
+        network=config["registration"]["network"],
+        downsample=config["registration"]["downsample"],
+        checkpoint_dir=lambda wc: f"results/{wc.dataset}/models/{wc.method}/checkpoints",
+        code=src_hash(*REGISTRATION_MODULES),
+    log:
+        "logs/train_registration/{dataset}/{method}.log",
+    benchmark:
+        "benchmarks/train_registration/{dataset}/{method}.tsv"
+    conda:
+        "../envs/torch.yaml"
+    threads: 2
+    resources:
+        mem_mb=6000,
+        gpu=1,
+    script:
+        "../workflow_scripts/train_registration.py"
+
+
+rule register:
+    input:
+        unpack(register_inputs),
+    output:
+        field="results/{dataset}/registration/{method}/{pair_id}/field.h5",
+        landmarks="results/{dataset}/registration/{method}/{pair_id}/warped_landmarks.csv",
+        overlay="results/{dataset}/registration/{method}/{pair_id}/overlay.png",
+        timing="results/{dataset}/registration/{method}/{pair_id}/timing.json",
+    wildcard_constraints:
+        method=alternation(["affine"] + list(config["registration"]["methods"])),
+    params:
+        method=lambda wc: method_settings(wc.method) if wc.method != "affine" else None,
+        infer={k: v for k, v in config["registration"]["infer"].items() if k != "warp_slide"},
+        downsample=config["registration"]["downsample"],
+        moving_landmarks=lambda wc: pair_record(wc)["moving_landmarks_path"],
+        missing_landmarks=lambda wc: ds_config(wc.dataset)["missing_landmarks"],
+        error=lambda wc: pair_record(wc)["error"],
+        code=src_hash(*REGISTRATION_MODULES),
+    log:
+        "logs/register/{dataset}/{method}/{pair_id}.log",
+    benchmark:
+        "benchmarks/register/{dataset}/{method}/{pair_id}.tsv"
+    conda:
+        "../envs/torch.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        gpu=lambda wc: 0 if wc.method == "affine" else 1,
+    script:
+        "../workflow_scripts/register.py"
+
+
+rule warp_slide:
+    input:
+        field="results/{dataset}/registration/{method}/{pair_id}/field.h5",
+        fixed=lambda wc: f"results/{wc.dataset}/prepared/{pair_record(wc)['fixed_id']}.h5",
+        moving=lambda wc: existing(pair_record(wc)["moving_path"]),
+    output:
+        "results/{dataset}/registration/{method}/{pair_id}/warped_moving.tif",
+    params:
+        moving=lambda wc: pair_record(wc)["moving_path"],
+        code=src_hash("registration/infer", "registration/transform", "registration/stages", "h5io"),
+    log:
+        "logs/warp_slide/{dataset}/{method}/{pair_id}.log",
+    benchmark:
+        "benchmarks/warp_slide/{dataset}/{method}/{pair_id}.tsv"
+    conda:
+        "../envs/torch.yaml"
+    threads: 2
+    resources:
+        mem_mb=2000,
+    script:
+        "../workflow_scripts/warp_slide.py"

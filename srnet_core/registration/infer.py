@@ -1,0 +1,143 @@
+"""Registering one pair with a trained model: predict the field, optionally refine it on that pair
+(instance optimisation), compose with the affine step, and write what users open: the field (HDF5),
+the warped moving landmarks (ANHIR CSV, fixed frame), a before/after overlay, and on request the warped
+full-resolution moving slide as a pyramidal TIFF streamed by libvips."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+import numpy as np
+import torch
+
+from ..atomic import atomic_path
+from ..coords import full_to_work, work_to_full
+from .data import PairStack, network_input
+from .train import MethodSettings
+from .transform import Transform
+from .warp import SpatialTransformer
+
+log = logging.getLogger(__name__)
+
+
+def predict_field(model, stack: PairStack, map_inputs: bool, device: torch.device | str = "cpu") -> np.ndarray:
+    """(2, H, W) field in working px on the fixed grid."""
+    x = torch.from_numpy(network_input(stack, map_inputs))[None].to(device)
+    with torch.inference_mode():
+        return model(x)[0].float().cpu().numpy()
+
+
+def instance_optimise(field: np.ndarray, stack: PairStack, method: MethodSettings, steps: int, lr: float = 0.2,
+                      device: torch.device | str = "cpu") -> tuple[np.ndarray, list[float]]:
+    """`steps` Adam steps on the method's own loss for this pair, optimising the field directly from the
+    network's prediction (VoxelMorph's instance-specific optimisation)."""
+    if steps <= 0:
+        return field, []
+    stn = SpatialTransformer(2)
+    loss_fn = method.loss().to(device)
+    fixed = torch.from_numpy(stack.fixed)[None].to(device)
+    moving = torch.from_numpy(stack.moving)[None].to(device)
+    use_maps = bool(method.lambda_seg) and stack.fixed_map is not None
+    fixed_map = torch.from_numpy(stack.fixed_map)[None].to(device) if use_maps else None
+    moving_map = torch.from_numpy(stack.moving_map)[None].to(device) if use_maps else None
+    u = torch.from_numpy(np.ascontiguousarray(field))[None].to(device).requires_grad_(True)
+    opt = torch.optim.Adam([u], lr=lr)
+    losses = []
+    for _ in range(steps):
+        warped_map = stn(moving_map, u) if use_maps else None
+        total, _ = loss_fn(fixed, stn(moving, u), u, fixed_map, warped_map)
+        opt.zero_grad()
+        total.backward()
+        opt.step()
+        losses.append(float(total.item()))
+    return u.detach()[0].cpu().numpy(), losses
+
+
+def warp_working(stack: PairStack, field: np.ndarray) -> np.ndarray:
+    """The registered moving density on the fixed grid (for overlays and checks)."""
+    with torch.no_grad():
+        return SpatialTransformer(2)(torch.from_numpy(stack.moving)[None],
+                                     torch.from_numpy(np.ascontiguousarray(field, dtype=np.float32))[None])[0].numpy()
+
+
+def overlay(fixed: np.ndarray, moving: np.ndarray) -> np.ndarray:
+    """Two-colour overlay of (1, H, W) densities: fixed in magenta, moving in green; aligned tissue
+    is grey, misalignment shows as colour fringes (the seed's Fig. 2 style)."""
+    f = 255 - np.clip(fixed[0] * 255, 0, 255)
+    m = 255 - np.clip(moving[0] * 255, 0, 255)
+    return np.stack([f, m, f], axis=-1).astype(np.uint8)
+
+
+def write_overlay(path: str | os.PathLike, stack: PairStack, field: np.ndarray) -> None:
+    """Side by side on the registration grid (`field` on that grid): the moving image only stretched
+    onto the fixed grid, and after registration (affine and field)."""
+    import pyvips
+
+    from .affine import warp_affine
+    h, w = stack.shape
+    mh, mw = stack.moving_raw.shape[1:]
+    rx, ry = mw / w, mh / h
+    stretch = np.array([[rx, 0, 0.5 * rx - 0.5], [0, ry, 0.5 * ry - 0.5]])
+    with torch.no_grad():
+        before = warp_affine(torch.from_numpy(stack.moving_raw)[None], stretch, (h, w))[0].numpy()
+    after = warp_working(stack, field)
+    gap = np.full((h, 8, 3), 255, np.uint8)
+    image = np.concatenate([overlay(stack.fixed, before), gap, overlay(stack.fixed, after)], axis=1)
+    with atomic_path(path) as tmp:
+        pyvips.Image.new_from_array(image).copy(interpretation="srgb").pngsave(os.fspath(tmp))
+
+
+def transform_of(stack: PairStack, field: np.ndarray) -> Transform:
+    return Transform(stack.affine, field, stack.fixed_scale, stack.moving_scale)
+
+
+def warp_slide(moving_path: str | os.PathLike, transform: Transform, fixed_full: tuple[int, int],
+               out_tif: str | os.PathLike, tile: int = 512, compression: str = "jpeg", quality: int = 90) -> None:
+    """Write the moving slide resampled onto the fixed image's full-resolution grid as a pyramidal tiled
+    TIFF. The backward map (fixed full-res px -> moving full-res px) is computed on the fixed working grid
+    and upsampled lazily by libvips; `mapim` then pulls moving pixels strip by strip, so neither slide is
+    ever held whole in memory."""
+    import pyvips
+    h, w = transform.field.shape[1:]
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float64)
+    work = np.stack([xs.ravel(), ys.ravel()], axis=1)
+    moving_full = work_to_full(transform.fixed_to_moving_work(work), transform.moving_scale)
+    coarse = pyvips.Image.new_from_array(moving_full.reshape(h, w, 2).astype(np.float32))
+    sx, sy = transform.fixed_scale
+    # working px x_w sits at full-res X = (x_w + 0.5) / s - 0.5: vips X = a (x + idx) + odx
+    index = coarse.affine([1 / sx, 0, 0, 1 / sy], idx=0.5, idy=0.5, odx=-0.5, ody=-0.5,
+                          oarea=[0, 0, int(fixed_full[0]), int(fixed_full[1])],
+                          interpolate=pyvips.Interpolate.new("bilinear"), extend="copy")
+    moving = pyvips.Image.new_from_file(os.fspath(moving_path), access="random")
+    if moving.hasalpha():
+        moving = moving.flatten(background=[255, 255, 255])
+    if moving.bands == 1:
+        moving = moving.bandjoin([moving, moving])
+    warped = moving.mapim(index, interpolate=pyvips.Interpolate.new("bilinear"), background=[255, 255, 255])
+    warped = warped.cast("uchar").copy(interpretation="srgb")
+    with atomic_path(out_tif) as tmp:
+        warped.tiffsave(os.fspath(tmp), tile=True, tile_width=tile, tile_height=tile, pyramid=True,
+                        compression=compression, Q=quality, bigtiff=True)
+
+
+def map_moving_landmarks(stack: PairStack, field: np.ndarray, points_full: np.ndarray) -> np.ndarray:
+    """Moving landmarks (full-res moving px) -> fixed full-res px, inverting the field by fixed point."""
+    return transform_of(stack, field).moving_to_fixed(points_full)
+
+
+def inverse_consistency_px(stack: PairStack, field: np.ndarray, points_full: np.ndarray) -> float:
+    """Largest distance, in moving working px, between a moving landmark and the image of its mapped
+    fixed point: how well the fixed-point inversion converged."""
+    if len(points_full) == 0:
+        return 0.0
+    t = transform_of(stack, field)
+    q = full_to_work(points_full, stack.moving_scale)
+    return float(np.hypot(*(t.fixed_to_moving_work(t.moving_to_fixed_work(q)) - q).T).max())
+
+
+def timed(fn, *args, **kwargs):
+    t0 = time.perf_counter()
+    out = fn(*args, **kwargs)
+    return out, time.perf_counter() - t0

@@ -1,0 +1,160 @@
+"""The registration stages as functions the workflow scripts call (one per rule): affine pre-alignment
+per pair, training per method, registration per pair and method, the warped full-resolution slide."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import asdict
+
+import numpy as np
+
+from ..atomic import write_text_atomic
+from ..errors import InputError
+from ..h5io import read_codebook, read_field, read_prepared, write_field
+from ..landmarks import read_landmarks, write_landmarks
+
+log = logging.getLogger(__name__)
+
+
+def pick_device():
+    from ..segmentation.fgsn import pick_device as pick
+    return pick()
+
+
+def affine_stage(fixed_prepared: str, moving_prepared: str, out_json: str, pair_id: str, settings: dict) -> dict:
+    from .affine import AffineSettings, pre_align, tissue_density
+    fixed, moving = read_prepared(fixed_prepared), read_prepared(moving_prepared)
+    for path, p in ((fixed_prepared, fixed), (moving_prepared, moving)):
+        if not p.mask.any():
+            raise InputError(path, "no tissue in the prepared image; cannot pre-align it")
+    result = pre_align(tissue_density(fixed.image, fixed.mask), tissue_density(moving.image, moving.mask),
+                       AffineSettings(**settings))
+    payload = {**result.to_json(), "pair_id": pair_id, "fixed_shape": list(fixed.mask.shape),
+               "moving_shape": list(moving.mask.shape)}
+    write_text_atomic(out_json, json.dumps(payload, indent=1))
+    log.info("%s: affine found in %.1fs from the %.0f deg%s start; similarity %.3f (stretched only: %.3f)",
+             pair_id, result.seconds, result.angle_deg, " flipped" if result.flipped else "", result.score,
+             result.score_identity)
+    return payload
+
+
+def _codebook_k(codebook: str | None) -> tuple[int, str]:
+    if not codebook:
+        return 0, ""
+    from ..atomic import sha256_of
+    centres, _ = read_codebook(codebook)
+    return len(centres), sha256_of(codebook)
+
+
+def train_stage(pairs: list[dict], codebook: str | None, method_name: str, method: dict, settings: dict,
+                network: dict, out_model: str, out_csv: str, out_png: str, checkpoint_dir: str,
+                downsample: int = 4) -> str:
+    """`pairs`: dicts with fixed, moving (prepared), affine (json) and, for map methods, fixed_seg, moving_seg."""
+    from .data import load_pair_stack
+    from .train import MethodSettings, TrainSettings, net_config_for, plot_loss, save_model, train_registration
+    from .train import write_history
+    method_ = MethodSettings(**method)
+    settings_ = TrainSettings(**settings)
+    k, codebook_sha = _codebook_k(codebook if method_.uses_maps else None)
+    stacks = [load_pair_stack(p["fixed"], p["moving"], p["affine"],
+                              p.get("fixed_seg") if method_.uses_maps else None,
+                              p.get("moving_seg") if method_.uses_maps else None, downsample) for p in pairs]
+    config = net_config_for(method_, k, network.get("encoder"), network.get("decoder"))
+    device = pick_device()
+    log.info("training %s on %d pairs (%s), %d iterations of %d patches of %d px, k=%d, %d input channels",
+             method_name, len(stacks), device, settings_.iterations, settings_.batch_size, settings_.patch, k,
+             config.in_channels)
+    t0 = time.perf_counter()
+    result = train_registration(stacks, method_, settings_, config, checkpoint_dir, device)
+    history = write_history(result.history, out_csv)
+    plot_loss(history, out_png, f"{method_name}: training loss")
+    checksum = save_model(out_model, result.model.cpu(), method_, k, {
+        "method_name": method_name, "train": asdict(settings_), "codebook_sha256": codebook_sha,
+        "pairs": len(stacks), "device": str(device), "seconds": time.perf_counter() - t0, "downsample": downsample,
+        "resumed_from": result.resumed_from})
+    log.info("%s: model %s written (sha256 %s), %.1fs", method_name, out_model, checksum[:12],
+             time.perf_counter() - t0)
+    return checksum
+
+
+def register_stage(*, fixed_prepared: str, moving_prepared: str, affine: str, pair_id: str, method_name: str,
+                   out_field: str, out_landmarks: str, out_overlay: str, out_timing: str,
+                   model: str | None = None, method: dict | None = None, codebook: str | None = None,
+                   fixed_seg: str | None = None, moving_seg: str | None = None, moving_landmarks: str = "",
+                   missing_landmarks: str = "error", instance_steps: int = 0, instance_lr: float = 0.2,
+                   downsample: int = 4) -> dict:
+    """Register one pair with `model` (None: the affine step alone, the `affine` column)."""
+    from .data import load_pair_stack
+    from .infer import (instance_optimise, inverse_consistency_px, map_moving_landmarks, predict_field,
+                        write_overlay)
+    from .train import MethodSettings, check_model_inputs, load_model
+    device = pick_device()
+    timing: dict = {"device": str(device)}
+    t0 = time.perf_counter()
+    loaded = None
+    configured = MethodSettings(**method) if method else None
+    if model:
+        loaded = load_model(model, device)
+        k, _ = _codebook_k(codebook if loaded.method.uses_maps else None)
+        check_model_inputs(loaded, k, model, method_name, configured)
+    uses_maps = loaded is not None and loaded.method.uses_maps
+    if loaded is not None:
+        trained = int(loaded.extra.get("downsample", downsample))
+        if trained != downsample:
+            log.warning("%s was trained on a grid %dx coarser than the working grid; registering at %dx as "
+                        "configured", model, trained, downsample)
+    stack = load_pair_stack(fixed_prepared, moving_prepared, affine,
+                            fixed_seg if uses_maps else None, moving_seg if uses_maps else None, downsample)
+    timing["seconds_load"] = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    if loaded is None:
+        field = np.zeros((2,) + tuple(stack.shape), np.float32)
+    else:
+        field = predict_field(loaded.model, stack, loaded.method.map_inputs, device)
+    timing["seconds_predict"] = time.perf_counter() - t1
+    if loaded is not None and instance_steps > 0:
+        t2 = time.perf_counter()
+        field, losses = instance_optimise(field, stack, configured or loaded.method, instance_steps, instance_lr,
+                                          device)
+        timing["seconds_instance"] = time.perf_counter() - t2
+        log.info("%s: instance optimisation %d steps, loss %.4f -> %.4f", pair_id, instance_steps, losses[0],
+                 losses[-1])
+    coarse, field = field, stack.field_to_working(field)
+    timing["seconds_register"] = time.perf_counter() - t1
+    write_field(out_field, field, {
+        "affine": np.asarray(stack.affine), "fixed_scale": stack.fixed_scale, "moving_scale": stack.moving_scale,
+        "fixed_full": stack.fixed_full, "moving_full": stack.moving_full, "method": method_name,
+        "pair_id": pair_id, "model_sha256": loaded.sha256 if loaded else "", "instance_steps": instance_steps})
+    points = np.zeros((0, 2))
+    if moving_landmarks and os.path.exists(moving_landmarks):
+        points = read_landmarks(moving_landmarks)
+    elif moving_landmarks and missing_landmarks == "error":
+        raise InputError(moving_landmarks, "moving landmark file not found (set the dataset's "
+                                           "missing_landmarks: unscored to register such pairs without scoring)")
+    warped = map_moving_landmarks(stack, field, points) if len(points) else points
+    write_landmarks(out_landmarks, warped)
+    write_overlay(out_overlay, stack, coarse)
+    timing["inversion_residual_px"] = inverse_consistency_px(stack, field, points)
+    timing["seconds_total"] = time.perf_counter() - t0
+    write_text_atomic(out_timing, json.dumps({"pair_id": pair_id, "method": method_name,
+                                              "landmarks": int(len(points)), **timing}, indent=1))
+    mag = np.hypot(field[0], field[1])
+    log.info("%s (%s): field mean %.2f px, max %.2f px; %d landmarks mapped; register %.3fs on %s", pair_id,
+             method_name, float(mag.mean()), float(mag.max()), len(points), timing["seconds_register"], device)
+    return timing
+
+
+def warp_slide_stage(moving_source: str, field_path: str, fixed_prepared: str, out_tif: str) -> None:
+    from .infer import warp_slide
+    from .transform import Transform
+    fixed = read_prepared(fixed_prepared)
+    field, attrs = read_field(field_path, fixed.mask.shape)
+    transform = Transform(np.asarray(attrs["affine"], dtype=np.float64), field, tuple(attrs["fixed_scale"]),
+                          tuple(attrs["moving_scale"]))
+    t0 = time.perf_counter()
+    warp_slide(moving_source, transform, fixed.full_size, out_tif)
+    log.info("warped %s onto the fixed grid (%dx%d) -> %s in %.1fs", moving_source, *fixed.full_size, out_tif,
+             time.perf_counter() - t0)
