@@ -20,6 +20,9 @@ class RegNetConfig:
     in_channels: int = 2                       # 2 x image channels (+ 2 x map channels for SR-Net)
     encoder: list[int] = field(default_factory=lambda: [16, 32, 32, 32])
     decoder: list[int] = field(default_factory=lambda: [32, 32, 32, 32, 16, 16])
+    # the last convolution's output is multiplied by this: Adam moves every weight by about lr per
+    # step, so without it a displacement of several pixels takes thousands of steps to reach
+    flow_scale: float = 10.0
 
 
 class RegistrationUNet(nn.Module):
@@ -76,6 +79,6 @@ class RegistrationUNet(nn.Module):
             x = layer(torch.cat([x, skips.pop()], dim=1))
         for layer in self.extra:
             x = layer(x)
-        flow = self.flow(x)
+        flow = self.flow(x) * self.config.flow_scale
         crop = (slice(None), slice(None)) + tuple(slice(0, n) for n in spatial)
         return flow[crop]

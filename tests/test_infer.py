@@ -1,0 +1,94 @@
+"""Registering a pair: recovering a known field, landmarks that follow the image, the warped slide."""
+
+import numpy as np
+import pytest
+import torch
+
+from srnet_core.errors import InputError
+from srnet_core.h5io import read_field, write_field
+from srnet_core.registration.infer import instance_optimise, warp_slide
+from srnet_core.registration.train import MethodSettings
+from srnet_core.registration.transform import Transform
+from srnet_core.registration.warp import SpatialTransformer
+
+from test_train import synthetic_stack
+
+
+def test_instance_optimisation_recovers_a_known_smooth_field():
+    stack, truth = synthetic_stack(shape=(96, 96), amplitude=6.0, seed=3, sigma=4.0)
+    method = MethodSettings(lambda_smooth=0.5, lambda_seg=0.0, map_inputs=False, ncc_weight=0.0)
+    field, losses = instance_optimise(np.zeros_like(truth), stack, method, steps=600, lr=0.1)
+    inner = (slice(None), slice(12, -12), slice(12, -12))
+    before = np.median(np.hypot(*truth[inner]))
+    err = np.median(np.hypot(*(field - truth)[inner]))
+    assert before > 1.0 and err < 0.5, (before, err)
+    assert losses[-1] < losses[0]
+
+
+def test_known_translation_is_recovered():
+    stack, _ = synthetic_stack(shape=(80, 80), amplitude=0.0, seed=5)
+    shift = np.zeros((2, 80, 80), np.float32)
+    shift[0], shift[1] = 2.0, -1.5
+    with torch.no_grad():
+        stack.fixed = SpatialTransformer(2)(torch.from_numpy(stack.moving)[None], torch.from_numpy(shift)[None])[0].numpy()
+    method = MethodSettings(lambda_smooth=0.5, lambda_seg=0.0, map_inputs=False, ncc_weight=0.0)
+    field, _ = instance_optimise(np.zeros_like(shift), stack, method, steps=300, lr=0.1)
+    inner = (slice(None), slice(10, -10), slice(10, -10))
+    assert np.median(np.hypot(*(field - shift)[inner])) < 0.5
+
+
+def test_a_mapped_landmark_lands_on_the_content_the_warped_image_shows():
+    h, w = 120, 140
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    q = np.array([83.3, 51.7])                                       # a dot in the moving image (x, y)
+    moving = np.exp(-((xx - q[0]) ** 2 + (yy - q[1]) ** 2) / 6.0).astype(np.float32)
+    field = np.stack([3 * np.sin(xx / 25) + 1.0, 2 * np.cos(yy / 31) - 2.0]).astype(np.float32)
+    affine = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    with torch.no_grad():
+        warped = SpatialTransformer(2)(torch.from_numpy(moving)[None, None], torch.from_numpy(field)[None])[0, 0].numpy()
+    peak = np.array([(xx * warped).sum(), (yy * warped).sum()]) / warped.sum()
+    mapped = Transform(affine, field, (1.0, 1.0), (1.0, 1.0)).moving_to_fixed_work(q[None])[0]
+    assert np.hypot(*(mapped - peak)) < 0.3, (mapped, peak)
+
+
+def test_field_file_round_trip_and_wrong_shape(tmp_path):
+    field = np.random.default_rng(0).normal(size=(2, 30, 40)).astype(np.float32)
+    path = tmp_path / "field.h5"
+    write_field(path, field, {"method": "srnet"})
+    back, attrs = read_field(path, (30, 40))
+    np.testing.assert_array_equal(back, field)
+    with pytest.raises(InputError, match="expected \\(2, 31, 40\\)") as err:
+        read_field(path, (31, 40))
+    assert str(path) in str(err.value)
+    (tmp_path / "cut.h5").write_bytes(path.read_bytes()[:500])
+    with pytest.raises(InputError):
+        read_field(tmp_path / "cut.h5")
+
+
+def test_warped_slide_is_pyramidal_and_puts_the_moving_dot_on_the_fixed_landmark(tmp_path):
+    import pyvips
+    mw, mh = 1500, 1100
+    yy, xx = np.mgrid[0:mh, 0:mw]
+    q_full = np.array([900.0, 420.0])
+    moving = np.full((mh, mw, 3), 240, np.uint8)
+    moving[np.hypot(xx - q_full[0], yy - q_full[1]) < 6] = (20, 20, 120)
+    src = tmp_path / "moving.png"
+    pyvips.Image.new_from_array(moving).pngsave(str(src))
+    # fixed full-res 1600 x 1200, working scale 1/8; moving working scale 1/5; a rotation and a field
+    fs, ms = (0.125, 0.125), (0.2, 0.2)
+    fh, fw = 150, 200
+    a = np.deg2rad(12)
+    affine = np.array([[np.cos(a), -np.sin(a), 30.0], [np.sin(a), np.cos(a), 5.0]]) * 1.6   # work -> work
+    yy_w, xx_w = np.mgrid[0:fh, 0:fw].astype(float)
+    field = np.stack([2 * np.sin(xx_w / 30), 1.5 * np.cos(yy_w / 40)])
+    t = Transform(affine, field, fs, ms)
+    out = tmp_path / "warped.tif"
+    warp_slide(src, t, (1600, 1200), out, tile=256)
+    warped = pyvips.Image.new_from_file(str(out))
+    assert (warped.width, warped.height) == (1600, 1200)
+    assert pyvips.Image.new_from_file(str(out), page=1).width == 800       # a pyramid level below
+    arr = warped.numpy()
+    dark = arr[..., 0] < 100
+    centre = np.array([np.nonzero(dark)[1].mean(), np.nonzero(dark)[0].mean()])
+    expected = t.moving_to_fixed(q_full[None])[0]
+    assert np.hypot(*(centre - expected)) < 2.0, (centre, expected)
