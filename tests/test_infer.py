@@ -16,7 +16,7 @@ from test_train import synthetic_stack
 
 def test_instance_optimisation_recovers_a_known_smooth_field():
     stack, truth = synthetic_stack(shape=(96, 96), amplitude=6.0, seed=3, sigma=4.0)
-    method = MethodSettings(lambda_smooth=0.5, lambda_seg=0.0, map_inputs=False, ncc_weight=0.0)
+    method = MethodSettings(lambda_smooth=0.5, lambda_seg=0.0, map_inputs=False)     # MSE + local NCC
     field, losses = instance_optimise(np.zeros_like(truth), stack, method, steps=600, lr=0.1)
     inner = (slice(None), slice(12, -12), slice(12, -12))
     before = np.median(np.hypot(*truth[inner]))

@@ -41,6 +41,16 @@ def test_demo_end_to_end_then_nothing_to_do(tmp_path):
     table = pd.read_csv(tmp_path / "results/demo/tables/median_rtre.csv", index_col=0)
     assert list(table.index) == ["All", "cmu1-he", "ihc-colon"]
     assert list(table["pairs"]) == [6, 4, 2]
+    assert list(table.columns) == ["pairs", "initial", "affine", "srnet", "srnet_noseg", "srnet_mse", "srnet_cc"]
+    # the CMU-1 pairs (glass around the tissue): affine, then SR-Net, each lowers the error
+    assert table.loc["cmu1-he", "srnet"] < table.loc["cmu1-he", "affine"] < table.loc["cmu1-he", "initial"]
+    reg = tmp_path / "results/demo/registration/srnet/cmu1-he_1_HEDshift-a-to-HE_60a3c0"
+    for name in ("field.h5", "warped_landmarks.csv", "overlay.png", "timing.json"):
+        assert (reg / name).stat().st_size > 0, name
+    for method in ("srnet", "srnet_noseg", "srnet_mse", "srnet_cc"):
+        model = tmp_path / f"results/demo/models/{method}"
+        assert (model / "model.pt").exists() and (model / "loss.png").exists()
+        assert len(pd.read_csv(model / "loss.csv")) == 300
     by_hand = _initial_by_hand(tmp_path / "data/demo", tmp_path / "data/demo/dataset.csv")
     assert table.loc["All", "initial"] == pytest.approx(by_hand["median"].median(), rel=1e-5)
     for tissue, group in by_hand.groupby("tissue"):
@@ -70,13 +80,27 @@ def test_demo_end_to_end_then_nothing_to_do(tmp_path):
     # a preparation setting re-runs preparation and what follows, not the data stages
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump({"prepare": {"max_side": 512}}))
     changed = run_snakemake(tmp_path, f"--configfile={tmp_path / 'cfg.yaml'}", "-n", "--quiet", "rules")
-    assert _job_counts(changed) == {"prepare": 9, "evaluate": 6, "tables": 1, "pretrain_fgsn": 1,
+    assert _job_counts(changed) == {"prepare": 9, "evaluate": 36, "tables": 1, "pretrain_fgsn": 1,
                                     "extract_features": 9, "fit_codebook": 1, "segment": 9,
-                                    "segmentation_done": 1, "all": 1}
-    # a clustering setting (B) re-runs the codebook and the maps, not features or pretraining
+                                    "segmentation_done": 1, "affine": 6, "train_registration": 4,
+                                    "register": 30, "all": 1}
+    # a clustering setting (B) re-runs the codebook, the maps and the methods that use maps, not
+    # features, pretraining, the affine step or srnet_noseg
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump({"segmentation": {"clustering": {"references": 5}}}))
     changed = run_snakemake(tmp_path, f"--configfile={tmp_path / 'cfg.yaml'}", "-n", "--quiet", "rules")
-    assert _job_counts(changed) == {"fit_codebook": 1, "segment": 9, "segmentation_done": 1, "all": 1}
+    assert _job_counts(changed) == {"fit_codebook": 1, "segment": 9, "segmentation_done": 1, "train_registration": 3,
+                                    "register": 18, "evaluate": 18, "tables": 1, "all": 1}
+    # lambda2 of srnet re-runs srnet's training and what follows only
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump({"registration": {"methods": {"srnet": {"lambda_seg": 2.0}}}}))
+    changed = run_snakemake(tmp_path, f"--configfile={tmp_path / 'cfg.yaml'}", "-n", "--quiet", "rules")
+    assert _job_counts(changed) == {"train_registration": 1, "register": 6, "evaluate": 6, "tables": 1, "all": 1}
+
+    # apply mode: srnet's model from this run registers the pairs; no training job
+    model = tmp_path / "results/demo/models/srnet/model.pt"
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump({"registration": {"methods": {"srnet": {"checkpoint": str(model)}}},
+                                                      "evaluate": {"methods": ["initial", "srnet"]}}))
+    changed = run_snakemake(tmp_path, f"--configfile={tmp_path / 'cfg.yaml'}", "-n", "--quiet", "rules")
+    assert "train_registration" not in _job_counts(changed)
 
 
 def _job_counts(result) -> dict[str, int]:
@@ -179,7 +203,8 @@ def test_download_dataset_through_loopback(tmp_path, birl, http_root_server):
     """The shipped birl_samples entry, served from ../shared/data/birl on 127.0.0.1."""
     url = http_root_server(birl)
     override = {"run": ["birl_samples"], "datasets": {"birl_samples": {"url_base": url}},
-                "segmentation": {"enabled": False}}      # the demo run covers segmentation
+                "segmentation": {"enabled": False},       # the demo run covers segmentation
+                "evaluate": {"methods": ["initial"]}}
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(override))
     result = run_snakemake(tmp_path, "--configfile", str(tmp_path / "cfg.yaml"))
     assert result.returncode == 0, result.stderr[-4000:]
@@ -225,3 +250,22 @@ def test_dag_for_the_real_anhir_table(tmp_path, anhir_table):
     assert counts["prepare"] == distinct
     assert counts["evaluate"] == 481
     assert counts["tables"] == 1
+
+
+def test_srnet_on_the_real_birl_pairs_beats_initial(tmp_path, birl):
+    """The two real BIRL pairs (different stains, real deformation), the whole workflow with a short
+    training: the affine step and srnet each cut the initial error by far. (srnet below `affine` is
+    the issue's target and not met yet: 0.00478 vs 0.00437 here, see docs/BENCHMARKS.md.)"""
+    config = {"run": ["birl"], "datasets": {"birl": {"source": "local", "root": str(birl),
+                                                     "table": "pairs-imgs-lnds_histol.csv"}},
+              "segmentation": {"pretrain": {"iterations": 60}},
+              "registration": {"train": {"iterations": 60}},
+              "evaluate": {"methods": ["initial", "affine", "srnet"]}}
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(config))
+    result = run_snakemake(tmp_path, f"--configfile={tmp_path / 'cfg.yaml'}")
+    assert result.returncode == 0, result.stderr[-4000:]
+    table = pd.read_csv(tmp_path / "results/birl/tables/median_rtre.csv", index_col=0)
+    for tissue in ("All", "rat-kidney", "lesions"):
+        assert table.loc[tissue, "affine"] < table.loc[tissue, "initial"] / 4, table
+        assert table.loc[tissue, "srnet"] < table.loc[tissue, "initial"] / 4, table
+    assert table.loc["All", "srnet"] < 1.2 * table.loc["All", "affine"], table
