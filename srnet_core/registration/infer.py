@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 
 import numpy as np
 import torch
@@ -136,8 +135,3 @@ def inverse_consistency_px(stack: PairStack, field: np.ndarray, points_full: np.
     q = full_to_work(points_full, stack.moving_scale)
     return float(np.hypot(*(t.fixed_to_moving_work(t.moving_to_fixed_work(q)) - q).T).max())
 
-
-def timed(fn, *args, **kwargs):
-    t0 = time.perf_counter()
-    out = fn(*args, **kwargs)
-    return out, time.perf_counter() - t0
