@@ -2,9 +2,11 @@
 
 Background is estimated as the median colour of the image border (bright-field glass is white, dark-field
 or fluorescence backgrounds are dark: both work), tissue is what differs from it by more than an
-Otsu threshold on the colour distance (floored, so a blank slide's noise never counts as tissue, and
-capped a few noise levels above the background, because on a pale stain such as cytokeratin IHC Otsu
-splits the strongly stained structures from the pale tissue instead of tissue from glass).
+Otsu threshold on the colour distance (floored, so a blank slide's noise never counts as tissue).
+On a pale stain such as cytokeratin IHC, Otsu splits the strongly stained structures from the pale
+tissue instead of tissue from glass: when its mask holds less than half of what stands clearly above
+the glass noise, the threshold drops to a few noise levels above the background instead. Otsu stays
+otherwise, because the low threshold also takes in faint smears and out-of-focus margins.
 """
 
 from __future__ import annotations
@@ -34,7 +36,10 @@ def tissue_mask(rgb: np.ndarray, min_fraction: float = 0.005, source: str | None
         threshold = np.inf
     else:
         noise = float(np.median(np.sqrt(((border - background) ** 2).sum(axis=1))))
-        threshold = max(min(float(threshold_otsu(distance)), MIN_CONTRAST + 4 * noise), MIN_CONTRAST)
+        otsu = max(float(threshold_otsu(distance)), MIN_CONTRAST)
+        near_glass = max(MIN_CONTRAST + 4 * noise, MIN_CONTRAST)
+        split_tissue = near_glass < otsu and (distance > otsu).mean() < 0.5 * (distance > near_glass).mean()
+        threshold = near_glass if split_tissue else otsu
     mask = distance > threshold
     mask = ndimage.binary_opening(mask, iterations=1)
     mask = _drop_small_components(mask, min_pixels=max(16, int(1e-4 * h * w)))

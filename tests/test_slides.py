@@ -152,6 +152,23 @@ def test_blank_slide_has_no_tissue(tmp_path):
     assert "blank.png" in str(err.value)
 
 
+def test_pale_stain_mask_covers_the_tissue_like_its_he_neighbour(birl):
+    """Serial sections of one kidney: the pale cytokeratin stain's mask must cover about as much as
+    the H&E's (Otsu alone keeps only the stained tubules there: 18 % against 60 %)."""
+    folder = birl / "rat-kidney_" / "scale-5pc"
+    he, _ = tissue_mask(read_working(folder / "Rat-Kidney_HE.jpg", max_side=1024)[0])
+    ck, _ = tissue_mask(read_working(folder / "Rat-Kidney_PanCytokeratin.jpg", max_side=1024)[0])
+    assert he.mean() > 0.5 and ck.mean() > 0.8 * he.mean(), (he.mean(), ck.mean())
+
+
+def test_ordinary_he_mask_keeps_otsus_outline():
+    """On CMU-1 H&E Otsu separates tissue from glass already; the pale-stain fallback must not widen
+    the mask into faint margins (that changed the segmentation's k and its stain robustness)."""
+    rgb = read_working(cmu1_svs_path(), max_side=1024)[0]
+    mask, fraction = tissue_mask(rgb)
+    assert 0.34 < fraction < 0.39, fraction     # Otsu's: 0.374; near-glass threshold: 0.399
+
+
 @pytest.mark.parametrize("k", [1, 2, 5, 8])
 def test_box_mean_against_a_plain_loop(k):
     rgb = np.random.default_rng(k).integers(0, 256, (37, 53, 3)).astype(np.uint8)
