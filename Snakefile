@@ -13,6 +13,9 @@ sys.path.insert(0, workflow.basedir)
 configfile: os.path.join(workflow.basedir, "config.yaml")
 
 
+report: "report/workflow.rst"
+
+
 include: "rules/common.smk"
 include: "rules/download.smk"
 include: "rules/prepare.smk"
@@ -27,6 +30,7 @@ rule all:
     default_target: True
     input:
         expand("results/{dataset}/tables/median_rtre.csv", dataset=config["run"]),
+        all_submissions(),
         expand("results/{dataset}/segmentation/done.txt", dataset=config["run"])
         if config["segmentation"]["enabled"]
         else [],

@@ -1,4 +1,5 @@
-# Stage: per-tissue median rTRE tables over all pairs and methods.
+# Stage: per-tissue median rTRE tables over all pairs and methods, ANHIR's aggregate scores, the
+# significance of the reference method against the others, box plots, and ANHIR submission folders.
 
 
 rule tables:
@@ -7,18 +8,63 @@ rule tables:
         summaries=all_evaluations,
         registrations=all_registrations,
     output:
-        csv="results/{dataset}/tables/median_rtre.csv",
+        csv=report(
+            "results/{dataset}/tables/median_rtre.csv",
+            caption="../report/median_rtre.rst",
+            category="Tables",
+            labels={"dataset": "{dataset}", "table": "median rTRE per tissue"},
+        ),
         md="results/{dataset}/tables/median_rtre.md",
         pairs="results/{dataset}/tables/pairs.csv",
+        scores_csv=report(
+            "results/{dataset}/tables/anhir_scores.csv",
+            caption="../report/anhir_scores.rst",
+            category="Tables",
+            labels={"dataset": "{dataset}", "table": "ANHIR scores"},
+        ),
+        scores_json="results/{dataset}/tables/anhir_scores.json",
+        significance=report(
+            "results/{dataset}/tables/significance.csv",
+            caption="../report/significance.rst",
+            category="Tables",
+            labels={"dataset": "{dataset}", "table": "Wilcoxon tests"},
+        ),
+        boxplot=report(
+            "results/{dataset}/tables/rtre_boxplot.png",
+            caption="../report/boxplot.rst",
+            category="Figures",
+            labels={"dataset": "{dataset}", "figure": "rTRE by method"},
+        ),
     params:
         methods=config["evaluate"]["methods"],
-        code=src_hash("evaluation"),
+        reference=config["evaluate"]["reference"],
+        code=src_hash("evaluation", "figures"),
     log:
         "logs/tables/{dataset}.log",
     conda:
         "../envs/evaluate.yaml"
     threads: 1
     resources:
-        mem_mb=500,
+        mem_mb=1000,
     script:
         "../workflow_scripts/tables.py"
+
+
+rule submission:
+    input:
+        pairs="results/{dataset}/tables/pairs.csv",
+        dataset="results/{dataset}/dataset.csv",
+        landmarks=submission_landmarks,
+    output:
+        directory("results/{dataset}/submission/{method}"),
+    params:
+        code=src_hash("evaluation"),
+    log:
+        "logs/submission/{dataset}/{method}.log",
+    conda:
+        "../envs/evaluate.yaml"
+    threads: 1
+    resources:
+        mem_mb=500,
+    script:
+        "../workflow_scripts/submission.py"

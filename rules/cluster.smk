@@ -8,7 +8,12 @@ rule fit_codebook:
     output:
         codebook="results/{dataset}/segmentation/codebook.h5",
         gap_csv="results/{dataset}/segmentation/gap_curve.csv",
-        gap_png="results/{dataset}/segmentation/gap_curve.png",
+        gap_png=report(
+            "results/{dataset}/segmentation/gap_curve.png",
+            caption="../report/gap_curve.rst",
+            category="Figures",
+            labels={"dataset": "{dataset}", "figure": "gap statistic"},
+        ),
     params:
         clustering={k: v for k, v in config["segmentation"]["clustering"].items() if k != "temperature"},
         code=src_hash("segmentation/clustering", "segmentation/stages", "h5io"),

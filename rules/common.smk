@@ -103,6 +103,27 @@ def evaluation_landmarks(wildcards):
     return existing(pair["fixed_landmarks_path"]) + ([warped] if produced else existing(warped))
 
 
+def registration_timing(wildcards):
+    """What a pair's execution time is read from: the affine step's JSON and the method's register
+    timing (none for `initial`, which does nothing)."""
+    if wildcards.method == "initial":
+        return []
+    return [f"results/{wildcards.dataset}/affine/{wildcards.pair_id}.json",
+            f"results/{wildcards.dataset}/registration/{wildcards.method}/{wildcards.pair_id}/timing.json"]
+
+
+def submission_landmarks(wildcards):
+    """The method's warped landmarks of every pair that has moving landmarks."""
+    pairs = pairs_table(wildcards.dataset)
+    return [f"results/{wildcards.dataset}/registration/{wildcards.method}/{p}/warped_landmarks.csv"
+            for p in pairs["pair_id"]]
+
+
+def all_submissions():
+    return expand("results/{dataset}/submission/{method}", dataset=config["run"],
+                  method=config["evaluate"]["submission"])
+
+
 # ----------------------------------------------------------------------------------------------------
 # registration
 

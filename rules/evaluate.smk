@@ -6,6 +6,7 @@ rule evaluate:
         fixed=lambda wc: f"results/{wc.dataset}/prepared/{pair_record(wc)['fixed_id']}.h5",
         moving=lambda wc: f"results/{wc.dataset}/prepared/{pair_record(wc)['moving_id']}.h5",
         landmarks=evaluation_landmarks,
+        timing=registration_timing,
     output:
         errors="results/{dataset}/evaluation/{method}/{pair_id}.csv",
         summary="results/{dataset}/evaluation/{method}/{pair_id}.json",
@@ -14,6 +15,7 @@ rule evaluate:
         fixed_landmarks=lambda wc: pair_record(wc)["fixed_landmarks_path"],
         table_diagonal=lambda wc: float(pair_record(wc)["table_diagonal"]),
         warped_landmarks=warped_landmarks,
+        moving_landmarks=lambda wc: pair_record(wc)["moving_landmarks_path"],
         missing_landmarks=lambda wc: ds_config(wc.dataset)["missing_landmarks"],
         code=src_hash("evaluation", "landmarks", "h5io"),
     log:

@@ -59,7 +59,13 @@ rule register:
     output:
         field="results/{dataset}/registration/{method}/{pair_id}/field.h5",
         landmarks="results/{dataset}/registration/{method}/{pair_id}/warped_landmarks.csv",
-        overlay="results/{dataset}/registration/{method}/{pair_id}/overlay.png",
+        overlay=report(
+            "results/{dataset}/registration/{method}/{pair_id}/overlay.png",
+            caption="../report/overlay.rst",
+            category="Registrations",
+            subcategory="{method}",
+            labels={"dataset": "{dataset}", "method": "{method}", "pair": "{pair_id}"},
+        ),
         timing="results/{dataset}/registration/{method}/{pair_id}/timing.json",
     wildcard_constraints:
         method=alternation(["affine"] + list(config["registration"]["methods"])),

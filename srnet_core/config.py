@@ -65,6 +65,15 @@ def validate_config(config: dict) -> dict:
         elif not segmentation and (learned[name].get("map_inputs", True) or learned[name].get("lambda_seg", 1.05)):
             problems.append(f"config.registration.methods.{name}: uses segmentation maps, but "
                             "segmentation.enabled is false (set lambda_seg: 0 and map_inputs: false, or enable it)")
+    evaluate = config.get("evaluate") or {}
+    evaluated = evaluate.get("methods") or []
+    if evaluate.get("submission") is None:
+        reference = evaluate.get("reference", "srnet")
+        evaluate["submission"] = [reference] if reference in evaluated and reference != "initial" else []
+    for name in evaluate.get("submission") or []:
+        if name not in evaluated or name == "initial":
+            problems.append(f"config.evaluate.submission: {name!r} is not an evaluated registration method "
+                            f"({', '.join(m for m in evaluated if m != 'initial') or 'none'})")
     for name in config.get("run", []):
         if name not in (config.get("datasets") or {}):
             problems.append(f"config.run: dataset {name!r} is not defined under `datasets`")

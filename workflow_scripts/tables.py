@@ -6,17 +6,28 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))
 from srnet_core.atomic import write_csv_atomic, write_text_atomic
-from srnet_core.evaluation import median_rtre_table, table_markdown
+from srnet_core.evaluation import (anhir_scores, median_rtre_table, significance, significance_markdown,
+                                   table_markdown)
+from srnet_core.figures import rtre_boxplots
 from srnet_core.logs import logged
 
 with logged(snakemake.log[0]) as log:
+    methods, dataset = snakemake.params.methods, snakemake.wildcards.dataset
     pairs = pd.DataFrame([json.loads(Path(f).read_text()) for f in snakemake.input.summaries])
-    table = median_rtre_table(pairs, snakemake.params.methods)
-    dataset = snakemake.wildcards.dataset
+    table = median_rtre_table(pairs, methods)
+    scores = anhir_scores(pairs, methods)
+    tests = significance(pairs, methods, snakemake.params.reference)
     unscored = pairs[~pairs["scored"]]
+    flagged = pairs[pairs["scored"] & (pairs.get("n_missing", 0) > 0)]
     note = "".join(f"- not scored: {r.pair_id} ({r.method}): {r.reason}\n" for r in unscored.itertuples())
+    note += "".join(f"- **flagged**: {r.pair_id} ({r.method}): {r.reason}\n" for r in flagged.itertuples())
     write_csv_atomic(snakemake.output.csv, table, index=True, float_format="%.6g")
     write_csv_atomic(snakemake.output.pairs, pairs, float_format="%.6g")
+    write_csv_atomic(snakemake.output.scores_csv, scores, float_format="%.6g")
+    write_text_atomic(snakemake.output.scores_json, json.dumps(scores.to_dict(orient="records"), indent=1))
+    write_csv_atomic(snakemake.output.significance, tests, float_format="%.6g")
+    rtre_boxplots(pairs, methods, snakemake.output.boxplot, f"{dataset}: per-pair median rTRE")
     write_text_atomic(snakemake.output.md, table_markdown(table, f"Median rTRE per tissue: {dataset}")
+                      + ("\n" + significance_markdown(tests) if not tests.empty else "")
                       + ("\n" + note if note else ""))
-    log.info("\n%s", table.to_string())
+    log.info("\n%s\n%s\n%s", table.to_string(), scores.to_string(), tests.to_string())

@@ -69,9 +69,23 @@ def overlay(fixed: np.ndarray, moving: np.ndarray) -> np.ndarray:
     return np.stack([f, m, f], axis=-1).astype(np.uint8)
 
 
+def deformation_grid(field: np.ndarray, spacing: int = 12) -> np.ndarray:
+    """(H, W, 3) uint8: a regular grid of lines resampled through the deformable field alone (the
+    affine part excluded): straight lines where the field is a translation, bent where it deforms."""
+    h, w = field.shape[1:]
+    grid = np.ones((1, 1, h, w), np.float32)
+    grid[..., ::spacing, :] = 0
+    grid[..., :, ::spacing] = 0
+    with torch.no_grad():
+        warped = SpatialTransformer(2)(torch.from_numpy(grid),
+                                       torch.from_numpy(np.ascontiguousarray(field, dtype=np.float32))[None])
+    level = (np.clip(warped[0, 0].numpy(), 0, 1) * 255).astype(np.uint8)
+    return np.stack([level, level, np.maximum(level, 96)], axis=-1)
+
+
 def write_overlay(path: str | os.PathLike, stack: PairStack, field: np.ndarray) -> None:
     """Side by side on the registration grid (`field` on that grid): the moving image only stretched
-    onto the fixed grid, and after registration (affine and field)."""
+    onto the fixed grid, after registration (affine and field), and the field's deformation grid."""
     import pyvips
 
     from .affine import warp_affine
@@ -83,7 +97,8 @@ def write_overlay(path: str | os.PathLike, stack: PairStack, field: np.ndarray) 
         before = warp_affine(torch.from_numpy(stack.moving_raw)[None], stretch, (h, w))[0].numpy()
     after = warp_working(stack, field)
     gap = np.full((h, 8, 3), 255, np.uint8)
-    image = np.concatenate([overlay(stack.fixed, before), gap, overlay(stack.fixed, after)], axis=1)
+    image = np.concatenate([overlay(stack.fixed, before), gap, overlay(stack.fixed, after), gap,
+                            deformation_grid(field)], axis=1)
     with atomic_path(path) as tmp:
         pyvips.Image.new_from_array(image).copy(interpretation="srgb").pngsave(os.fspath(tmp))
 

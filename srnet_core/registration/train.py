@@ -22,7 +22,7 @@ import torch
 
 from ..atomic import atomic_path, sha256_of, write_csv_atomic
 from ..errors import InputError
-from .data import PairStack, network_input
+from .data import PairStack
 from .losses import SRNetLoss
 from .network import RegistrationUNet, RegNetConfig
 from .warp import SpatialTransformer
@@ -255,10 +255,8 @@ def check_model_inputs(loaded: LoadedModel, k: int, path: str | os.PathLike, met
 
 
 def plot_loss(history: pd.DataFrame, out_png: str | os.PathLike, title: str) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
+    from ..figures import new_figure, save_figure
+    fig, ax = new_figure(figsize=(6, 3.5), dpi=120)
     smooth = max(1, len(history) // 50)
     for name in ("total", "sim", "smooth", "seg"):
         values = history[name]
@@ -269,10 +267,7 @@ def plot_loss(history: pd.DataFrame, out_png: str | os.PathLike, title: str) -> 
     ax.set_yscale("log")
     ax.set_title(title)
     ax.legend()
-    fig.tight_layout()
-    with atomic_path(out_png) as tmp:
-        fig.savefig(tmp)
-    plt.close(fig)
+    save_figure(fig, out_png)
 
 
 def write_history(history: list[dict], out_csv: str | os.PathLike) -> pd.DataFrame:

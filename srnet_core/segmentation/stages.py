@@ -156,19 +156,12 @@ def label_overlay(rgb: np.ndarray, labels: np.ndarray, k: int, alpha: float = 0.
 
 
 def plot_gap_curve(curve, chosen: int, out_png: str, title: str) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from ..atomic import atomic_path
-    fig, ax = plt.subplots(figsize=(5, 3.2), dpi=120)
+    from ..figures import new_figure, save_figure
+    fig, ax = new_figure(figsize=(5, 3.2), dpi=120)
     ax.errorbar(curve["k"], curve["gap"], yerr=curve["s"], marker="o", ms=3, capsize=2)
     ax.axvline(chosen, color="tab:red", ls="--", lw=1, label=f"chosen k = {chosen}")
     ax.set_xlabel("k (clusters)")
     ax.set_ylabel("Gap(k) ± s_k")
     ax.set_title(title)
     ax.legend()
-    fig.tight_layout()
-    with atomic_path(out_png) as tmp:
-        fig.savefig(tmp)
-    plt.close(fig)
+    save_figure(fig, out_png)
