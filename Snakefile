@@ -16,6 +16,15 @@ configfile: os.path.join(workflow.basedir, "config.yaml")
 report: "report/workflow.rst"
 
 
+# One path component each: results/{dataset}/registration/{method}/{pair_id}/... must never be read as a
+# dataset named "demo/registration".
+wildcard_constraints:
+    dataset="[^/]+",
+    method="[^/]+",
+    pair_id="[^/]+",
+    image_id="[^/]+",
+
+
 include: "rules/common.smk"
 include: "rules/download.smk"
 include: "rules/prepare.smk"
