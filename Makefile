@@ -24,9 +24,12 @@ $(STAMP): pyproject.toml constraints.txt
 
 demo: $(STAMP)
 	$(BIN)/snakemake --cores $(CORES)
+	$(BIN)/snakemake --report results/report.html
 	@echo
 	@echo "Segmentation maps (overlays): results/demo/segmentation/*.png; gap curve: results/demo/segmentation/gap_curve.png"
 	@echo "Final table (median rTRE per tissue): results/demo/tables/median_rtre.md"
+	@echo "ANHIR scores: results/demo/tables/anhir_scores.csv; submission: results/demo/submission/srnet/"
+	@echo "HTML report (tables, box plots, overlays, gap curve): results/report.html"
 	@cat results/demo/tables/median_rtre.md
 
 test: $(STAMP)

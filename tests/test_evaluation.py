@@ -61,3 +61,109 @@ def test_median_table_layout():
     assert list(table["pairs"]) == [4, 3, 1]
     md = table_markdown(table, "t")
     assert "| All | 4 | 0.15000 |" in md
+
+
+def test_robustness_and_missing_points_scored_as_anhir_does(tmp_path, birl):
+    """Real BIRL landmarks: the first 30 warped points land 1 px from their fixed partner (improved),
+    then 5 are NaN and the file stops 10 points early: those 15 take their initial error, count as not
+    improved, and the pair is flagged."""
+    from srnet_core.landmarks import write_landmarks
+    fixed_path = birl / "rat-kidney_/scale-5pc/Rat-Kidney_HE.csv"
+    moving_path = birl / "rat-kidney_/scale-5pc/Rat-Kidney_PanCytokeratin.csv"
+    f, m = _read_xy(fixed_path)[:69], _read_xy(moving_path)[:69]
+    warped = f[:59] + [0.6, 0.8]
+    warped[30:35] = np.nan
+    warped[35:59] = m[35:59]                     # unchanged: equal to the initial error, not improved
+    path = tmp_path / "warped.csv"
+    write_landmarks(path, warped)
+    errors, summary = evaluate_pair(str(fixed_path), str(path), (1164, 787), moving_landmarks=str(moving_path))
+    diag = np.hypot(1164, 787)
+    initial = np.hypot(*(m - f).T) / diag
+    expected = initial.copy()
+    expected[:30] = 1.0 / diag
+    assert summary["n_landmarks"] == 69 and summary["n_missing"] == 15
+    np.testing.assert_allclose(errors["rtre"], expected, rtol=1e-9)
+    improved_by_hand = int((initial[:30] > 1.0 / diag).sum())
+    assert summary["robustness"] == pytest.approx(improved_by_hand / 69)
+    assert summary["rtre_median"] == pytest.approx(np.median(expected))
+    assert "15 of 69 warped landmarks missing" in summary["reason"] and str(path) in summary["reason"]
+    # the initial method itself: nothing improves
+    _, initial_summary = evaluate_pair(str(fixed_path), str(moving_path), (1164, 787),
+                                       moving_landmarks=str(moving_path))
+    assert initial_summary["robustness"] == 0.0 and initial_summary["n_missing"] == 0
+
+
+def test_header_only_warped_file_is_all_missing(tmp_path, birl):
+    fixed_path = birl / "lesions_/scale-5pc/Izd2-29-041-w35_HE.csv"
+    moving_path = birl / "lesions_/scale-5pc/Izd2-29-041-w35_proSPC.csv"
+    empty = tmp_path / "w.csv"
+    empty.write_text(",X,Y\n")
+    errors, summary = evaluate_pair(str(fixed_path), str(empty), (890, 733), moving_landmarks=str(moving_path))
+    _, initial = evaluate_pair(str(fixed_path), str(moving_path), (890, 733), moving_landmarks=str(moving_path))
+    assert summary["n_missing"] == summary["n_landmarks"] == initial["n_landmarks"]
+    assert summary["rtre_median"] == pytest.approx(initial["rtre_median"]) and summary["robustness"] == 0
+
+
+def _pairs(rows):
+    return pd.DataFrame(rows, columns=["pair_id", "tissue", "status", "method", "scored", "rtre_median",
+                                       "rtre_mean", "rtre_max", "robustness", "seconds", "n_missing"])
+
+
+def test_anhir_scores_on_a_hand_made_table():
+    from srnet_core.evaluation import anhir_scores
+    pairs = _pairs([
+        ("p1", "a", "training", "srnet", True, 0.01, 0.02, 0.05, 0.9, 2.0, 0),
+        ("p2", "a", "training", "srnet", True, 0.03, 0.04, 0.07, 0.7, 4.0, 0),
+        ("p3", "b", "evaluation", "srnet", True, 0.08, 0.09, 0.20, 0.1, 6.0, 3),
+        ("p4", "b", "evaluation", "srnet", False, np.nan, np.nan, np.nan, np.nan, 1.0, 0),
+        ("p1", "a", "training", "initial", True, 0.05, 0.06, 0.10, 0.0, 0.0, 0),
+    ])
+    scores = anhir_scores(pairs, ["initial", "srnet"]).set_index(["method", "status"])
+    s = scores.loc[("srnet", "all")]
+    assert s["pairs"] == 3 and s["pairs_with_missing_landmarks"] == 1
+    assert s["Average-Median-rTRE"] == pytest.approx((0.01 + 0.03 + 0.08) / 3)
+    assert s["Median-Median-rTRE"] == pytest.approx(0.03)
+    assert s["Average-Average-rTRE"] == pytest.approx(0.05)
+    assert s["Average-Max-rTRE"] == pytest.approx((0.05 + 0.07 + 0.20) / 3)
+    assert s["Average-Robustness"] == pytest.approx(1.7 / 3)
+    assert s["Average-Execution-time [s]"] == pytest.approx(4.0)
+    assert scores.loc[("srnet", "training"), "Median-Median-rTRE"] == pytest.approx(0.02)
+    assert scores.loc[("srnet", "evaluation"), "pairs"] == 1
+    assert scores.loc[("initial", "all"), "Average-Robustness"] == 0
+
+
+def test_wilcoxon_against_hand_computed_p_values():
+    """Five pairs, srnet better on all: exact two-sided p = 2 / 2^5. Better on 4 of 5 with the worse
+    one the smallest difference: W = 1, p = 2 * 2 / 32 (ranks summing to <= 1: {} and {1})."""
+    from srnet_core.evaluation import significance, significance_markdown
+    rows = []
+    for i, (s, noseg, mse) in enumerate([(0.01, 0.02, 0.0112), (0.02, 0.05, 0.04), (0.03, 0.06, 0.06),
+                                         (0.04, 0.08, 0.09), (0.05, 0.10, 0.0495)]):
+        rows += [(f"p{i}", "a", "training", "srnet", True, s, 0, 0, 0, 0, 0),
+                 (f"p{i}", "a", "training", "srnet_noseg", True, noseg, 0, 0, 0, 0, 0),
+                 (f"p{i}", "a", "training", "srnet_mse", True, mse, 0, 0, 0, 0, 0),
+                 (f"p{i}", "a", "training", "same", True, s, 0, 0, 0, 0, 0)]
+    tests = significance(_pairs(rows), ["srnet", "srnet_noseg", "srnet_mse", "same"]).set_index("method")
+    assert tests.loc["srnet_noseg", "p_value"] == pytest.approx(2 / 32)
+    assert tests.loc["srnet_noseg", "reference_better"] == 5
+    assert tests.loc["srnet_mse", "statistic"] == pytest.approx(1.0)
+    assert tests.loc["srnet_mse", "p_value"] == pytest.approx(4 / 32)
+    assert np.isnan(tests.loc["same", "p_value"]) and "identical" in tests.loc["same", "note"]
+    md = significance_markdown(tests.reset_index())
+    assert "| srnet | srnet_noseg | 5 | 5 | 0.0625 |" in md
+
+
+def test_real_anhir_cover_table_gives_eight_tissue_rows(anhir_table, tmp_path):
+    """The 230 training pairs of the real ANHIR table (the ones with both landmark files), scored with
+    a per-pair value: the table has `All` and the 8 tissues, with the right pair counts."""
+    from srnet_core.datasets import read_cover_table
+    pairs = read_cover_table(anhir_table, tmp_path)
+    training = pairs[pairs["status"] == "training"].copy()
+    training["method"], training["scored"] = "initial", True
+    training["rtre_median"] = np.arange(len(training)) / 1000.0
+    table = median_rtre_table(training, ["initial"])
+    assert list(table.index) == ["All", "COAD", "breast", "gastric", "kidney", "lung-lesion", "lung-lobes",
+                                 "mammary-gland", "mice-kidney"]
+    assert table.loc["All", "pairs"] == 230
+    assert table["pairs"].iloc[1:].sum() == 230
+    assert table.loc["All", "initial"] == pytest.approx(np.median(training["rtre_median"]))

@@ -71,6 +71,41 @@ def test_demo_end_to_end_then_nothing_to_do(tmp_path):
     assert again.returncode == 0
     assert "Nothing to be done" in again.stdout + again.stderr
 
+    # ANHIR scores, Wilcoxon tests, box plots, the submission folder
+    tables = tmp_path / "results/demo/tables"
+    scores = pd.read_csv(tables / "anhir_scores.csv").set_index(["method", "status"])
+    assert scores.loc[("initial", "all"), "Average-Robustness"] == 0
+    assert scores.loc[("srnet", "all"), "Average-Robustness"] > 0.5
+    assert scores.loc[("srnet", "all"), "pairs"] == 6 and scores.loc[("srnet", "all"), "Average-Execution-time [s]"] > 0
+    pairs = pd.read_csv(tables / "pairs.csv")
+    srnet_pairs = pairs[pairs["method"] == "srnet"]
+    assert scores.loc[("srnet", "all"), "Median-Median-rTRE"] == pytest.approx(srnet_pairs["rtre_median"].median(),
+                                                                             rel=1e-5)
+    tests = pd.read_csv(tables / "significance.csv")
+    assert sorted(tests["method"]) == ["affine", "initial", "srnet_cc", "srnet_mse", "srnet_noseg"]
+    assert (tests["pairs"] == 6).all()
+    assert tests.set_index("method").loc["initial", "reference_better"] == 6
+    assert "Wilcoxon" in (tables / "median_rtre.md").read_text()
+    assert (tables / "rtre_boxplot.png").stat().st_size > 10_000
+    submission = tmp_path / "results/demo/submission/srnet"
+    results = pd.read_csv(submission / "registration-results.csv", index_col=0)
+    assert len(results) == 6 and list(results.index) == list(range(6))
+    for _, rec in results.iterrows():
+        warped = submission / rec["Warped source landmarks"]
+        same = srnet_pairs[srnet_pairs["moving"] == rec["Source image"]]
+        assert warped.exists() and len(same) == 1
+        assert _xy(warped) == pytest.approx(_xy(tmp_path / "results/demo/registration/srnet" / same["pair_id"].iloc[0]
+                                                / "warped_landmarks.csv"))
+        assert rec["Execution time [minutes]"] == pytest.approx(same["seconds"].iloc[0] / 60, rel=1e-4)
+    assert json.loads((submission / "computer-performances.json").read_text())["cores"] >= 1
+
+    # the HTML report: one self-contained page with the tables and figures
+    report = run_snakemake(tmp_path, "--report", str(tmp_path / "report.html"))
+    assert report.returncode == 0, report.stderr[-3000:]
+    page = (tmp_path / "report.html").read_text(errors="replace")
+    assert "median_rtre.csv" in page and "anhir_scores.csv" in page and "rtre_boxplot.png" in page
+    assert "median relative target registration error" in page.lower()
+
     # segmentation maps: one codebook for the dataset, a map and an overlay per image
     seg = tmp_path / "results/demo/segmentation"
     assert len(list(seg.glob("*--*.h5"))) == 9 and len(list(seg.glob("*--*.png"))) == 9
