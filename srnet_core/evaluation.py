@@ -256,7 +256,8 @@ def computer_description() -> dict:
             "python": platform.python_version()}
 
 
-def write_submission(pairs_csv: str, method: str, landmark_files: list[str], out_dir: str) -> pd.DataFrame:
+def write_submission(pairs_csv: str, dataset_csv: str, method: str, landmark_files: list[str],
+                     out_dir: str) -> pd.DataFrame:
     """ANHIR submission folder for `method`: registration-results.csv, computer-performances.json and
     warped-landmarks/<pair_id>.csv (paths in the CSV are relative to the folder, so it zips as is).
     Written to a temporary sibling folder and renamed: a killed job leaves no half folder."""
@@ -265,9 +266,13 @@ def write_submission(pairs_csv: str, method: str, landmark_files: list[str], out
     import tempfile
     from pathlib import Path
     pairs = pd.read_csv(pairs_csv, keep_default_na=False, na_values=[""])
-    pairs = pairs[pairs["method"] == method].copy()
+    pairs = pairs[pairs["method"] == method]
     if pairs.empty:
         raise InputError(pairs_csv, f"no evaluated pairs for method {method!r}; add it to evaluate.methods")
+    cover = pd.read_csv(dataset_csv, keep_default_na=False, na_values=[""])
+    columns = ["pair_id", "fixed", "moving", "fixed_landmarks", "moving_landmarks", "table_diagonal",
+               "table_height", "table_width"]
+    pairs = pairs.merge(cover[columns], on="pair_id", how="left", validate="one_to_one")
     by_pair = {Path(f).parent.name: f for f in landmark_files}
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
