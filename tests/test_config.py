@@ -72,3 +72,14 @@ def test_library_defaults_match_the_schema():
     settings = PretrainSettings()
     for key in ("iterations", "batch_size", "crop", "lr", "seed"):
         assert getattr(settings, key) == seg["pretrain"][key], key
+
+
+def test_submission_defaults_to_the_reference_and_must_be_evaluated():
+    assert validate_config({})["evaluate"]["submission"] == ["srnet"]
+    assert validate_config({"evaluate": {"methods": ["initial"]}})["evaluate"]["submission"] == []
+    assert validate_config({"evaluate": {"methods": ["initial", "affine"], "reference": "affine"}}
+                           )["evaluate"]["submission"] == ["affine"]
+    with pytest.raises(ConfigError, match="evaluate.submission: 'srnet_cc' is not an evaluated"):
+        validate_config({"evaluate": {"methods": ["initial", "srnet"], "submission": ["srnet_cc"]}})
+    with pytest.raises(ConfigError, match="evaluate.submission: 'initial'"):
+        validate_config({"evaluate": {"submission": ["initial"]}})

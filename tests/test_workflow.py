@@ -118,17 +118,18 @@ def test_demo_end_to_end_then_nothing_to_do(tmp_path):
     assert _job_counts(changed) == {"prepare": 9, "evaluate": 36, "tables": 1, "pretrain_fgsn": 1,
                                     "extract_features": 9, "fit_codebook": 1, "segment": 9,
                                     "segmentation_done": 1, "affine": 6, "train_registration": 4,
-                                    "register": 30, "all": 1}
+                                    "register": 30, "submission": 1, "all": 1}
     # a clustering setting (B) re-runs the codebook, the maps and the methods that use maps, not
     # features, pretraining, the affine step or srnet_noseg
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump({"segmentation": {"clustering": {"references": 5}}}))
     changed = run_snakemake(tmp_path, f"--configfile={tmp_path / 'cfg.yaml'}", "-n", "--quiet", "rules")
     assert _job_counts(changed) == {"fit_codebook": 1, "segment": 9, "segmentation_done": 1, "train_registration": 3,
-                                    "register": 18, "evaluate": 18, "tables": 1, "all": 1}
+                                    "register": 18, "evaluate": 18, "tables": 1, "submission": 1, "all": 1}
     # lambda2 of srnet re-runs srnet's training and what follows only
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump({"registration": {"methods": {"srnet": {"lambda_seg": 2.0}}}}))
     changed = run_snakemake(tmp_path, f"--configfile={tmp_path / 'cfg.yaml'}", "-n", "--quiet", "rules")
-    assert _job_counts(changed) == {"train_registration": 1, "register": 6, "evaluate": 6, "tables": 1, "all": 1}
+    assert _job_counts(changed) == {"train_registration": 1, "register": 6, "evaluate": 6, "tables": 1,
+                                    "submission": 1, "all": 1}
 
     # apply mode: srnet's model from this run registers the pairs; no training job
     model = tmp_path / "results/demo/models/srnet/model.pt"
@@ -285,7 +286,7 @@ def test_dag_for_the_real_anhir_table(tmp_path, anhir_table):
     assert counts["prepare"] == distinct
     assert counts["evaluate"] == 481 * 6                  # initial, affine and four learned methods
     assert counts["register"] == 481 * 5 and counts["affine"] == 481 and counts["train_registration"] == 4
-    assert counts["tables"] == 1
+    assert counts["tables"] == 1 and counts["submission"] == 1
 
 
 def test_srnet_on_the_real_birl_pairs_beats_initial(tmp_path, birl):
