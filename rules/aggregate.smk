@@ -38,7 +38,7 @@ rule tables:
     params:
         methods=config["evaluate"]["methods"],
         reference=config["evaluate"]["reference"],
-        code=src_hash("evaluation", "figures"),
+        code=script_code("tables.py"),
     log:
         "logs/tables/{dataset}.log",
     conda:
@@ -58,7 +58,7 @@ rule submission:
     output:
         directory("results/{dataset}/submission/{method}"),
     params:
-        code=src_hash("evaluation"),
+        code=script_code("submission.py"),
     log:
         "logs/submission/{dataset}/{method}.log",
     conda:

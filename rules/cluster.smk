@@ -16,7 +16,7 @@ rule fit_codebook:
         ),
     params:
         clustering={k: v for k, v in config["segmentation"]["clustering"].items() if k != "temperature"},
-        code=src_hash("segmentation/clustering", "segmentation/stages", "h5io"),
+        code=script_code("fit_codebook.py"),
     log:
         "logs/fit_codebook/{dataset}.log",
     benchmark:
@@ -40,7 +40,7 @@ rule segment:
         overlay="results/{dataset}/segmentation/{image_id}.png",
     params:
         temperature=config["segmentation"]["clustering"]["temperature"],
-        code=src_hash("segmentation/clustering", "segmentation/stages", "h5io"),
+        code=script_code("segment.py"),
     log:
         "logs/segment/{dataset}/{image_id}.log",
     conda:

@@ -1,8 +1,8 @@
 # Helpers and input functions shared by the rules. Nothing here reads pixels.
-import hashlib
 import os
 import re
 
+from srnet_core.codehash import source_hash
 from srnet_core.config import validate_config
 from srnet_core.datasets import read_pairs
 from srnet_core.demo import demo_files
@@ -127,11 +127,6 @@ def all_submissions():
 # ----------------------------------------------------------------------------------------------------
 # registration
 
-REGISTRATION_MODULES = ("registration/affine", "registration/data", "registration/infer", "registration/losses",
-                        "registration/network", "registration/stages", "registration/train",
-                        "registration/transform", "registration/warp", "h5io", "landmarks", "coords")
-
-
 def learned_methods():
     """Methods of registration.methods that the tables ask for."""
     return [m for m in config["evaluate"]["methods"] if m in config["registration"]["methods"]]
@@ -252,17 +247,13 @@ def segmentation_outputs(wildcards):
     return [f"results/{wildcards.dataset}/segmentation/{i}.h5" for i in images.index]
 
 
-_SRC_HASHES = {}
+_CODE_HASHES = {}
 
 
-def src_hash(*modules):
-    """Hash of the srnet_core modules a stage runs, passed through params: so that changing the
-    library's code re-runs the stages that use it (Snakemake tracks only the rule's own script)."""
-    key = tuple(sorted(modules))
-    if key not in _SRC_HASHES:
-        digest = hashlib.sha256()
-        for module in key:
-            with open(os.path.join(workflow.basedir, "srnet_core", module + ".py"), "rb") as f:
-                digest.update(f.read())
-        _SRC_HASHES[key] = digest.hexdigest()[:16]
-    return _SRC_HASHES[key]
+def script_code(script):
+    """Hash of a workflow script and of every srnet_core module it imports, directly or through
+    others (srnet_core/codehash.py), passed through params: so that changing library code re-runs
+    exactly the stages that run it (Snakemake tracks only the rule's own script)."""
+    if script not in _CODE_HASHES:
+        _CODE_HASHES[script] = source_hash(workflow.basedir, [f"workflow_scripts/{script}"])
+    return _CODE_HASHES[script]

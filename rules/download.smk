@@ -8,7 +8,7 @@ rule demo_dataset:
         dataset=alternation(names_with_source("demo")),
     params:
         seed=lambda wc: ds_config(wc.dataset)["seed"],
-        code=src_hash("demo", "landmarks", "tissue"),
+        code=script_code("demo_dataset.py"),
     log:
         "logs/demo_dataset/{dataset}.log",
     benchmark:
@@ -73,7 +73,7 @@ checkpoint dataset:
         table=lambda wc: cover_table(wc.dataset),
         root=lambda wc: ds_config(wc.dataset)["root"],
         strip_prefix=lambda wc: ds_config(wc.dataset)["strip_prefix"],
-        code=src_hash("datasets"),
+        code=script_code("dataset.py"),
     log:
         "logs/dataset/{dataset}.log",
     conda:

@@ -17,7 +17,7 @@ rule evaluate:
         warped_landmarks=warped_landmarks,
         moving_landmarks=lambda wc: pair_record(wc)["moving_landmarks_path"],
         missing_landmarks=lambda wc: ds_config(wc.dataset)["missing_landmarks"],
-        code=src_hash("evaluation", "landmarks", "h5io"),
+        code=script_code("evaluate.py"),
     log:
         "logs/evaluate/{dataset}/{method}/{pair_id}.log",
     conda:

@@ -11,7 +11,7 @@ rule pretrain_fgsn:
         pretrain=config["segmentation"]["pretrain"],
         fgsn=config["segmentation"]["fgsn"],
         stride=config["segmentation"]["features"]["stride"],
-        code=src_hash("segmentation/fgsn", "segmentation/pretrain", "segmentation/stages", "h5io"),
+        code=script_code("pretrain_fgsn.py"),
     log:
         "logs/pretrain_fgsn/{dataset}.log",
     benchmark:
@@ -34,7 +34,7 @@ rule extract_features:
         "results/{dataset}/features/{image_id}.h5",
     params:
         features=config["segmentation"]["features"],
-        code=src_hash("segmentation/fgsn", "segmentation/stages", "h5io"),
+        code=script_code("extract_features.py"),
     log:
         "logs/extract_features/{dataset}/{image_id}.log",
     benchmark:

@@ -16,7 +16,7 @@ rule prepare:
         min_tissue_fraction=config["prepare"]["min_tissue_fraction"],
         tile_size=config["prepare"]["tile_size"],
         tile_min_tissue=config["prepare"]["tile_min_tissue"],
-        code=src_hash("prepare", "slides", "tissue", "h5io"),
+        code=script_code("prepare.py"),
     log:
         "logs/prepare/{dataset}/{image_id}.log",
     benchmark:

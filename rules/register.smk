@@ -10,7 +10,7 @@ rule affine:
         "results/{dataset}/affine/{pair_id}.json",
     params:
         settings=config["registration"]["affine"],
-        code=src_hash("registration/affine", "registration/stages", "h5io", "tissue"),
+        code=script_code("affine.py"),
     log:
         "logs/affine/{dataset}/{pair_id}.log",
     conda:
@@ -38,7 +38,7 @@ rule train_registration:
         network=config["registration"]["network"],
         downsample=config["registration"]["downsample"],
         checkpoint_dir=lambda wc: f"results/{wc.dataset}/models/{wc.method}/checkpoints",
-        code=src_hash(*REGISTRATION_MODULES),
+        code=script_code("train_registration.py"),
     log:
         "logs/train_registration/{dataset}/{method}.log",
     benchmark:
@@ -76,7 +76,7 @@ rule register:
         moving_landmarks=lambda wc: pair_record(wc)["moving_landmarks_path"],
         missing_landmarks=lambda wc: ds_config(wc.dataset)["missing_landmarks"],
         error=lambda wc: pair_record(wc)["error"],
-        code=src_hash(*REGISTRATION_MODULES),
+        code=script_code("register.py"),
     log:
         "logs/register/{dataset}/{method}/{pair_id}.log",
     benchmark:
@@ -100,7 +100,7 @@ rule warp_slide:
         "results/{dataset}/registration/{method}/{pair_id}/warped_moving.tif",
     params:
         moving=lambda wc: pair_record(wc)["moving_path"],
-        code=src_hash("registration/infer", "registration/transform", "registration/stages", "h5io"),
+        code=script_code("warp_slide.py"),
     log:
         "logs/warp_slide/{dataset}/{method}/{pair_id}.log",
     benchmark:
