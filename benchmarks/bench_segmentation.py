@@ -79,7 +79,7 @@ if mode in ("pretrain", "extract"):   # fit_codebook does not import torch: neit
     import torch
     torch.set_num_threads(THREADS)    # as workflow_scripts/extract_features.py (threads: 2)
     res["torch_threads"] = torch.get_num_threads()
-from srnet_core.segmentation import stages
+from srnet_core.segmentation import feature_stages, stages
 t_imp = time.perf_counter()
 res.update(import_s=t_imp - t0, rss_after_imports_bytes=hwm())
 
@@ -92,7 +92,7 @@ logging.getLogger("srnet_core").setLevel(logging.INFO)
 
 if mode == "pretrain":
     t1 = time.perf_counter()
-    stages.pretrain_stage([args["prepared"]], args["model"], args["loss"],
+    feature_stages.pretrain_stage([args["prepared"]], args["model"], args["loss"],
                           settings={"iterations": args["iterations"]})
     t2 = time.perf_counter()
     res["call_s"] = t2 - t1
@@ -119,7 +119,7 @@ elif mode == "extract":
             finally:
                 parts[name] = parts.get(name, 0.0) + time.perf_counter() - s
         return wrapper
-    stages.read_prepared = timed("read_prepared", stages.read_prepared)
+    feature_stages.read_prepared = timed("read_prepared", feature_stages.read_prepared)
     fgsn.load_checkpoint = timed("load_checkpoint", fgsn.load_checkpoint)
     fgsn.downsample_for_features = timed("downsample", fgsn.downsample_for_features)
     fgsn.normalise_image = timed("normalise", fgsn.normalise_image)
@@ -129,7 +129,7 @@ elif mode == "extract":
     fgsn.upsample_linear = timed("upsample_linear", fgsn.upsample_linear)
     h5py.Dataset.__setitem__ = timed("hdf5_write", h5py.Dataset.__setitem__)
     t1 = time.perf_counter()
-    stages.extract_stage(args["prepared"], args["model"], args["out"], "bench", tile=TILE, margin=MARGIN,
+    feature_stages.extract_stage(args["prepared"], args["model"], args["out"], "bench", tile=TILE, margin=MARGIN,
                          feature_stride=args["stride"], smooth_sigma=args["sigma"])
     t2 = time.perf_counter()
     res["call_s"] = t2 - t1

@@ -53,7 +53,8 @@ def test_library_defaults_match_the_schema():
     import inspect
 
     from srnet_core.segmentation.pretrain import PretrainSettings
-    from srnet_core.segmentation.stages import codebook_stage, extract_stage, pretrain_stage
+    from srnet_core.segmentation.feature_stages import extract_stage, pretrain_stage
+    from srnet_core.segmentation.stages import codebook_stage
     seg = validate_config({})["segmentation"]
 
     def defaults(fn):

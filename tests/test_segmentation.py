@@ -10,7 +10,8 @@ from srnet_core.errors import InputError
 from srnet_core.h5io import (features_writer, read_codebook, read_features, read_prepared, read_segmentation,
                              write_prepared)
 from srnet_core.prepare import prepare_image
-from srnet_core.segmentation.stages import codebook_stage, extract_stage, pretrain_stage, segment_stage
+from srnet_core.segmentation.feature_stages import extract_stage, pretrain_stage
+from srnet_core.segmentation.stages import codebook_stage, segment_stage
 from srnet_core.slides import read_working
 
 

@@ -5,7 +5,7 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).parent))
 import torch
 
 from srnet_core.logs import logged
-from srnet_core.segmentation.stages import extract_stage
+from srnet_core.segmentation.feature_stages import extract_stage
 
 with logged(snakemake.log[0]):
     torch.set_num_threads(snakemake.threads)

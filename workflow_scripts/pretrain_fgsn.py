@@ -3,7 +3,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))
 from srnet_core.logs import logged
-from srnet_core.segmentation.stages import pretrain_stage
+from srnet_core.segmentation.feature_stages import pretrain_stage
 
 with logged(snakemake.log[0]):
     pre, fgsn = dict(snakemake.params.pretrain), snakemake.params.fgsn
