@@ -78,7 +78,8 @@ def test_demo_end_to_end_then_nothing_to_do(tmp_path):
     assert scores.loc[("srnet", "all"), "Average-Robustness"] > 0.5
     assert scores.loc[("srnet", "all"), "pairs"] == 6 and scores.loc[("srnet", "all"), "Average-Execution-time [s]"] > 0
     pairs = pd.read_csv(tables / "pairs.csv")
-    srnet_pairs = pairs[pairs["method"] == "srnet"]
+    srnet_pairs = pairs[pairs["method"] == "srnet"].merge(
+        pd.read_csv(tmp_path / "results/demo/dataset.csv")[["pair_id", "moving"]], on="pair_id")
     assert scores.loc[("srnet", "all"), "Median-Median-rTRE"] == pytest.approx(srnet_pairs["rtre_median"].median(),
                                                                              rel=1e-5)
     tests = pd.read_csv(tables / "significance.csv")
