@@ -290,19 +290,11 @@ def test_dag_for_the_real_anhir_table(tmp_path, anhir_table):
     assert counts["tables"] == 1 and counts["submission"] == 1
 
 
-def test_srnet_on_the_real_birl_pairs_beats_initial(tmp_path, birl):
+def test_srnet_on_the_real_birl_pairs_beats_initial(birl_run):
     """The two real BIRL pairs (different stains, real deformation), the whole workflow with a short
     training: the affine step and srnet each cut the initial error by far. (srnet below `affine` is
     the issue's target and not met yet: 0.00393 vs 0.00359 here, see docs/BENCHMARKS.md.)"""
-    config = {"run": ["birl"], "datasets": {"birl": {"source": "local", "root": str(birl),
-                                                     "table": "pairs-imgs-lnds_histol.csv"}},
-              "segmentation": {"pretrain": {"iterations": 60}},
-              "registration": {"train": {"iterations": 60}},
-              "evaluate": {"methods": ["initial", "affine", "srnet"]}}
-    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(config))
-    result = run_snakemake(tmp_path, f"--configfile={tmp_path / 'cfg.yaml'}")
-    assert result.returncode == 0, result.stderr[-4000:]
-    table = pd.read_csv(tmp_path / "results/birl/tables/median_rtre.csv", index_col=0)
+    table = pd.read_csv(birl_run / "results/birl/tables/median_rtre.csv", index_col=0)
     for tissue in ("All", "rat-kidney", "lesions"):
         assert table.loc[tissue, "affine"] < table.loc[tissue, "initial"] / 4, table
         assert table.loc[tissue, "srnet"] < table.loc[tissue, "initial"] / 4, table
