@@ -44,6 +44,7 @@ def test_code_change_reruns_exactly_the_stages_that_run_it(tmp_path, birl):
     tables only; editing tissue.py (reached by prepare through two imports) re-runs preparation and
     what follows; the dataset stage never re-runs."""
     wf = tmp_path / "wf"
+    wf.mkdir()
     for part in WORKFLOW_PARTS:
         src = REPO / part
         (shutil.copytree(src, wf / part, ignore=shutil.ignore_patterns("__pycache__")) if src.is_dir()
