@@ -43,6 +43,7 @@ rule extract_features:
         "../envs/torch.yaml"
     threads: 2
     resources:
+        gpu=1,
         mem_mb=4000,
     script:
         "../workflow_scripts/extract_features.py"
