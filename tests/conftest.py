@@ -82,6 +82,16 @@ def http_root_server():
         srv.server_close()
 
 
+def job_counts(result: subprocess.CompletedProcess) -> dict[str, int]:
+    """Jobs per rule from the table printed by `snakemake -n --quiet rules`."""
+    counts = {}
+    for line in (result.stdout + result.stderr).splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].isdigit() and parts[0] != "total":
+            counts[parts[0]] = int(parts[1])
+    return counts
+
+
 def run_snakemake(workdir: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     """Run the real workflow (this checkout's Snakefile) in workdir; output captured."""
     cmd = [sys.executable, "-m", "snakemake", "-s", os.fspath(REPO / "Snakefile"),

@@ -15,20 +15,11 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import BIRL_SHORT_RUN, REPO, run_snakemake
+from conftest import BIRL_SHORT_RUN, REPO, job_counts, run_snakemake
 
 pytestmark = pytest.mark.workflow
 
 WORKFLOW_PARTS = ("Snakefile", "rules", "workflow_scripts", "srnet_core", "config.yaml", "envs", "report")
-
-
-def _job_counts(result) -> dict[str, int]:
-    counts = {}
-    for line in (result.stdout + result.stderr).splitlines():
-        parts = line.split()
-        if len(parts) == 2 and parts[1].isdigit() and parts[0] != "total":
-            counts[parts[0]] = int(parts[1])
-    return counts
 
 
 def _birl_config(path: Path, birl: Path, **overrides) -> Path:
@@ -65,10 +56,10 @@ def test_code_change_reruns_exactly_the_stages_that_run_it(tmp_path, birl):
     assert "Nothing to be done" in (lambda r: r.stdout + r.stderr)(snakemake("-n"))
     with open(wf / "srnet_core/evaluation.py", "a") as f:
         f.write("\n# changed: evaluation code\n")
-    assert _job_counts(snakemake("-n", "--quiet", "rules")) == {"evaluate": 2, "tables": 1, "all": 1}
+    assert job_counts(snakemake("-n", "--quiet", "rules")) == {"evaluate": 2, "tables": 1, "all": 1}
     with open(wf / "srnet_core/tissue.py", "a") as f:
         f.write("\n# changed: tissue masks\n")
-    assert _job_counts(snakemake("-n", "--quiet", "rules")) == {"prepare": 4, "evaluate": 2, "tables": 1,
+    assert job_counts(snakemake("-n", "--quiet", "rules")) == {"prepare": 4, "evaluate": 2, "tables": 1,
                                                                "all": 1}
 
 

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import run_snakemake
+from conftest import job_counts, run_snakemake
 from srnet_core.h5io import read_prepared_attrs
 
 pytestmark = pytest.mark.workflow
@@ -116,7 +116,7 @@ def test_demo_end_to_end_then_nothing_to_do(tmp_path):
     # a preparation setting re-runs preparation and what follows, not the data stages
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump({"prepare": {"max_side": 512}}))
     changed = run_snakemake(tmp_path, f"--configfile={tmp_path / 'cfg.yaml'}", "-n", "--quiet", "rules")
-    assert _job_counts(changed) == {"prepare": 9, "evaluate": 36, "tables": 1, "pretrain_fgsn": 1,
+    assert job_counts(changed) == {"prepare": 9, "evaluate": 36, "tables": 1, "pretrain_fgsn": 1,
                                     "extract_features": 9, "fit_codebook": 1, "segment": 9,
                                     "segmentation_done": 1, "affine": 6, "train_registration": 4,
                                     "register": 30, "submission": 1, "all": 1}
@@ -124,12 +124,12 @@ def test_demo_end_to_end_then_nothing_to_do(tmp_path):
     # features, pretraining, the affine step or srnet_noseg
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump({"segmentation": {"clustering": {"references": 5}}}))
     changed = run_snakemake(tmp_path, f"--configfile={tmp_path / 'cfg.yaml'}", "-n", "--quiet", "rules")
-    assert _job_counts(changed) == {"fit_codebook": 1, "segment": 9, "segmentation_done": 1, "train_registration": 3,
+    assert job_counts(changed) == {"fit_codebook": 1, "segment": 9, "segmentation_done": 1, "train_registration": 3,
                                     "register": 18, "evaluate": 18, "tables": 1, "submission": 1, "all": 1}
     # lambda2 of srnet re-runs srnet's training and what follows only
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump({"registration": {"methods": {"srnet": {"lambda_seg": 2.0}}}}))
     changed = run_snakemake(tmp_path, f"--configfile={tmp_path / 'cfg.yaml'}", "-n", "--quiet", "rules")
-    assert _job_counts(changed) == {"train_registration": 1, "register": 6, "evaluate": 6, "tables": 1,
+    assert job_counts(changed) == {"train_registration": 1, "register": 6, "evaluate": 6, "tables": 1,
                                     "submission": 1, "all": 1}
 
     # apply mode: srnet's model from this run registers the pairs; no training job
@@ -137,17 +137,7 @@ def test_demo_end_to_end_then_nothing_to_do(tmp_path):
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump({"registration": {"methods": {"srnet": {"checkpoint": str(model)}}},
                                                       "evaluate": {"methods": ["initial", "srnet"]}}))
     changed = run_snakemake(tmp_path, f"--configfile={tmp_path / 'cfg.yaml'}", "-n", "--quiet", "rules")
-    assert "train_registration" not in _job_counts(changed)
-
-
-def _job_counts(result) -> dict[str, int]:
-    """Jobs per rule from the table printed by `snakemake -n --quiet rules`."""
-    counts = {}
-    for line in (result.stdout + result.stderr).splitlines():
-        parts = line.split()
-        if len(parts) == 2 and parts[1].isdigit() and parts[0] != "total":
-            counts[parts[0]] = int(parts[1])
-    return counts
+    assert "train_registration" not in job_counts(changed)
 
 
 BAD_CASES = {
@@ -281,7 +271,7 @@ def test_dag_for_the_real_anhir_table(tmp_path, anhir_table):
     assert built.returncode == 0, built.stderr[-3000:]
     dry = run_snakemake(tmp_path, *cfg, "-n", "--quiet", "rules")
     assert dry.returncode == 0, dry.stderr[-3000:]
-    counts = _job_counts(dry)
+    counts = job_counts(dry)
     raw = pd.read_csv(anhir_table)
     distinct = len(set(raw["Source image"]) | set(raw["Target image"]))
     assert counts["prepare"] == distinct
