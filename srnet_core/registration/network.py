@@ -23,6 +23,27 @@ class RegNetConfig:
     # the last convolution's output is multiplied by this: Adam moves every weight by about lr per
     # step, so without it a displacement of several pixels takes thousands of steps to reach
     flow_scale: float = 10.0
+    # "unet" (VoxelMorph, this file), "dirnet" (B-spline control points) or "flownet" (FlowNet-Simple),
+    # both in backbones.py; grid_spacing = DIRNet's control-point spacing in pixels (a power of 2)
+    backbone: str = "unet"
+    grid_spacing: int = 8
+
+
+BACKBONES = ("unet", "dirnet", "flownet")
+
+
+def build_network(config: RegNetConfig) -> nn.Module:
+    """The registration network a config names; every backbone maps (N, in_channels, *spatial) to a
+    displacement field (N, spatial_dims, *spatial) in pixels, any spatial size."""
+    if config.backbone == "unet":
+        return RegistrationUNet(config)
+    if config.backbone == "dirnet":
+        from .backbones import DIRNet
+        return DIRNet(config)
+    if config.backbone == "flownet":
+        from .backbones import FlowNetSimple
+        return FlowNetSimple(config)
+    raise ValueError(f"unknown backbone {config.backbone!r}; expected one of {', '.join(BACKBONES)}")
 
 
 class RegistrationUNet(nn.Module):

@@ -24,7 +24,7 @@ from ..atomic import atomic_path, sha256_of, write_csv_atomic
 from ..errors import InputError
 from .data import PairStack
 from .losses import SRNetLoss
-from .network import RegistrationUNet, RegNetConfig
+from .network import RegNetConfig, build_network
 from .warp import SpatialTransformer
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,7 @@ class TrainSettings:
 
 @dataclass
 class TrainResult:
-    model: RegistrationUNet
+    model: torch.nn.Module
     history: list[dict] = field(default_factory=list)
     resumed_from: int = 0
 
@@ -114,7 +114,7 @@ def sample_batch(stacks: list[PairStack], method: MethodSettings, settings: Trai
     return batch
 
 
-def forward_loss(model: RegistrationUNet, stn: SpatialTransformer, loss_fn: SRNetLoss, method: MethodSettings,
+def forward_loss(model: torch.nn.Module, stn: SpatialTransformer, loss_fn: SRNetLoss, method: MethodSettings,
                  batch: dict[str, torch.Tensor]):
     parts = [batch["fixed"], batch["moving"]]
     if method.map_inputs:
@@ -144,7 +144,7 @@ def train_registration(stacks: list[PairStack], method: MethodSettings, settings
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(settings.seed)
-    model = RegistrationUNet(net_config).to(device)
+    model = build_network(net_config).to(device)
     stn = SpatialTransformer(2)
     loss_fn = method.loss()
     optimiser = torch.optim.Adam(model.parameters(), lr=settings.lr, betas=(settings.beta1, 0.999))
@@ -203,7 +203,7 @@ def save_state(path: Path, model, optimiser, iteration: int, history: list[dict]
 # ----------------------------------------------------------------------------------------------------
 # model files: weights + everything needed to use them elsewhere
 
-def save_model(path: str | os.PathLike, model: RegistrationUNet, method: MethodSettings, k: int,
+def save_model(path: str | os.PathLike, model: torch.nn.Module, method: MethodSettings, k: int,
                extra: dict | None = None) -> str:
     payload = {"format": MODEL_FORMAT, "config": asdict(model.config), "method": asdict(method), "k": int(k),
                "state_dict": model.state_dict(), "extra": extra or {}}
@@ -214,7 +214,7 @@ def save_model(path: str | os.PathLike, model: RegistrationUNet, method: MethodS
 
 @dataclass
 class LoadedModel:
-    model: RegistrationUNet
+    model: torch.nn.Module
     method: MethodSettings
     k: int
     sha256: str
@@ -234,7 +234,7 @@ def load_model(path: str | os.PathLike, device: torch.device | str = "cpu") -> L
     try:
         config = RegNetConfig(**payload["config"])
         method = MethodSettings(**payload["method"])
-        model = RegistrationUNet(config).to(device)
+        model = build_network(config).to(device)
         model.load_state_dict(payload["state_dict"])
     except (TypeError, KeyError, RuntimeError, ValueError) as exc:
         raise InputError(path, f"model checkpoint does not match this srnet version's network ({exc})") from None
