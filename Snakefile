@@ -33,6 +33,7 @@ include: "rules/cluster.smk"
 include: "rules/register.smk"
 include: "rules/evaluate.smk"
 include: "rules/aggregate.smk"
+include: "rules/brain.smk"
 
 
 rule all:
@@ -40,6 +41,13 @@ rule all:
     input:
         expand("results/{dataset}/tables/median_rtre.csv", dataset=config["run"]),
         all_submissions(),
+        expand("results/{dataset}/tables/table2.md", dataset=config["brain"]["run"]),
         expand("results/{dataset}/segmentation/done.txt", dataset=config["run"])
         if config["segmentation"]["enabled"]
         else [],
+
+
+rule brain:
+    """Table 2 of every brain dataset in the config: `snakemake --cores N brain`."""
+    input:
+        expand("results/{dataset}/tables/table2.md", dataset=list(config["brain"]["datasets"])),

@@ -77,6 +77,37 @@ def validate_config(config: dict) -> dict:
     for name in config.get("run", []):
         if name not in (config.get("datasets") or {}):
             problems.append(f"config.run: dataset {name!r} is not defined under `datasets`")
+    problems += _brain_problems(config)
     if problems:
         raise ConfigError("invalid srnet configuration:\n  " + "\n  ".join(problems))
     return config
+
+
+def _brain_problems(config: dict) -> list[str]:
+    brain = config.get("brain") or {}
+    problems = []
+    datasets = brain.get("datasets") or {}
+    for name in brain.get("run") or []:
+        if name not in datasets:
+            problems.append(f"config.brain.run: brain dataset {name!r} is not defined under brain.datasets")
+    for name in datasets:
+        if name in (config.get("datasets") or {}):
+            problems.append(f"config.brain.datasets.{name}: the name is also a histology dataset's; results "
+                            "would share results/{name}/")
+    methods = brain.get("methods") or {}
+    for name, m in methods.items():
+        maps, lambda_seg, inputs = m.get("maps", "self"), m.get("lambda_seg", 1.05), m.get("map_inputs", True)
+        if maps == "none" and (lambda_seg or inputs):
+            problems.append(f"config.brain.methods.{name}: maps: none needs lambda_seg: 0 and map_inputs: false")
+        if maps == "manual" and inputs:
+            problems.append(f"config.brain.methods.{name}: manual labels train the loss only (the moving "
+                            "labels are unknown when registering); set map_inputs: false")
+        spacing = m.get("grid_spacing", 8)
+        if m.get("backbone") == "dirnet" and spacing & (spacing - 1):
+            problems.append(f"config.brain.methods.{name}: grid_spacing must be a power of 2, got {spacing}")
+    evaluate = brain.get("evaluate") or {}
+    for name in evaluate.get("methods") or []:
+        if name != "before" and name not in methods:
+            problems.append(f"config.brain.evaluate.methods: {name!r} is neither `before` nor a method under "
+                            f"brain.methods ({', '.join(sorted(methods)) or 'none'})")
+    return problems

@@ -179,13 +179,14 @@ def anhir_scores(pairs: pd.DataFrame, methods: list[str]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def significance(pairs: pd.DataFrame, methods: list[str], reference: str = "srnet") -> pd.DataFrame:
-    """Paired two-sided Wilcoxon signed-rank tests of the per-pair median rTRE, `reference` against each
-    other method, over the pairs scored for both. p is NaN (with the reason) where the test cannot run:
-    under 2 common pairs, or every difference zero."""
+def significance(pairs: pd.DataFrame, methods: list[str], reference: str = "srnet", value: str = "rtre_median",
+                 higher_is_better: bool = False) -> pd.DataFrame:
+    """Paired two-sided Wilcoxon signed-rank tests of a per-pair `value` (the median rTRE; the brain track:
+    mean Dice), `reference` against each other method, over the pairs scored for both. p is NaN (with the
+    reason) where the test cannot run: under 2 common pairs, or every difference zero."""
     from scipy.stats import wilcoxon
-    scored = pairs[pairs["scored"].astype(bool)]
-    wide = scored.pivot_table(index="pair_id", columns="method", values="rtre_median", aggfunc="first")
+    scored = pairs[pairs["scored"].astype(bool)] if "scored" in pairs else pairs
+    wide = scored.pivot_table(index="pair_id", columns="method", values=value, aggfunc="first")
     rows = []
     if reference not in wide:
         return pd.DataFrame(columns=["reference", "method", "pairs", "median_reference", "median_method",
@@ -198,7 +199,7 @@ def significance(pairs: pd.DataFrame, methods: list[str], reference: str = "srne
         row = {"reference": reference, "method": method, "pairs": int(len(both)),
                "median_reference": float(both[reference].median()) if len(both) else np.nan,
                "median_method": float(both[method].median()) if len(both) else np.nan,
-               "reference_better": int((diff < 0).sum()), "statistic": np.nan, "p_value": np.nan, "note": ""}
+               "reference_better": int(((diff > 0) if higher_is_better else (diff < 0)).sum()), "statistic": np.nan, "p_value": np.nan, "note": ""}
         if len(both) < 2:
             row["note"] = "fewer than 2 pairs scored by both"
         elif not np.any(diff != 0):
@@ -210,10 +211,10 @@ def significance(pairs: pd.DataFrame, methods: list[str], reference: str = "srne
     return pd.DataFrame(rows)
 
 
-def significance_markdown(table: pd.DataFrame) -> str:
+def significance_markdown(table: pd.DataFrame, what: str = "per-pair median rTRE") -> str:
     if table.empty:
         return ""
-    lines = ["## Paired Wilcoxon signed-rank test of per-pair median rTRE", "",
+    lines = [f"## Paired Wilcoxon signed-rank test of {what}", "",
              "| reference | against | pairs | reference better on | p-value |", "|---|---|---|---|---|"]
     for r in table.itertuples(index=False):
         p = f"{r.p_value:.3g}" if pd.notna(r.p_value) else f"– ({r.note})"

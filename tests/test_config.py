@@ -24,7 +24,7 @@ def _walk(schema, path="config"):
 def test_every_key_has_description_and_default():
     for path, sub in _walk(load_schema()):
         assert sub.get("description"), f"{path} lacks a description"
-        required = path.endswith(("files[].path", "files[].sha256"))
+        required = path.endswith(("files[].path", "files[].sha256", ".volumes", "volumes[].image"))
         assert required or "default" in sub, f"{path} lacks a default"
 
 
