@@ -1,5 +1,5 @@
 # The brain MRI track (the seed's Table 2): slices with simulated deformations -> self-supervised maps
-# -> one model per method -> registration of the test slices -> Dice / HD95 / time -> Table 2.
+# -> one model per method -> registration of the test slices -> Table 2 (Dice / HD95 / time per method).
 # Everything lives under results/<dataset>/brain/ except the tables (results/<dataset>/tables/table2.*).
 
 
@@ -154,37 +154,16 @@ rule brain_register:
         "../workflow_scripts/brain_register.py"
 
 
-rule brain_evaluate:
-    input:
-        slices="results/{dataset}/brain/slices.h5",
-        registration=lambda wc: [] if wc.method == "before" else brain_registration(wc.dataset, wc.method),
-    output:
-        "results/{dataset}/brain/evaluation/{method}.csv",
-    params:
-        split=config["brain"]["evaluate"]["split"],
-        code=script_code("brain_evaluate.py"),
-    log:
-        "logs/brain_evaluate/{dataset}/{method}.log",
-    conda:
-        "../envs/torch.yaml"
-    threads: 1
-    resources:
-        mem_mb=2000,
-    script:
-        "../workflow_scripts/brain_evaluate.py"
-
-
 rule brain_table:
     input:
         slices="results/{dataset}/brain/slices.h5",
-        evaluations=lambda wc: expand("results/{dataset}/brain/evaluation/{method}.csv", dataset=wc.dataset,
-                                      method=config["brain"]["evaluate"]["methods"]),
         registrations=lambda wc: [brain_registration(wc.dataset, m) for m in brain_trained()],
     output:
         csv=report("results/{dataset}/tables/table2.csv", caption="../report/table2.rst", category="Brain",
                    labels={"dataset": "{dataset}", "table": "Table 2 (CSV)"}),
         md="results/{dataset}/tables/table2.md",
         pairs="results/{dataset}/tables/table2_pairs.csv",
+        labels="results/{dataset}/tables/table2_labels.csv",
         significance="results/{dataset}/tables/table2_significance.csv",
         figure=report("results/{dataset}/tables/table2_contours.png", caption="../report/table2_contours.rst",
                       category="Brain", labels={"dataset": "{dataset}", "figure": "contours (Fig. 3)"}),

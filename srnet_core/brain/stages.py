@@ -223,18 +223,19 @@ def read_registration(path: str) -> dict:
                 "attrs": dict(f.attrs)}
 
 
-def evaluate_stage(slices_h5: str, registration_h5: str | None, method_name: str, out_csv: str,
-                   split: str = "test") -> pd.DataFrame:
+def score_method(slices, slices_h5: str, registration_h5: str | None, method_name: str,
+                 split: str = "test") -> pd.DataFrame:
     """Per pair and label: Dice and HD95 (mm, the slice spacing honoured); `before` (no registration
     file) scores the moving labels as they are."""
     from .metrics import label_metrics
-    slices = read_slices(slices_h5)
     if not slices.has_labels:
         raise InputError(slices_h5, "no label volumes were given, so Dice and HD95 cannot be computed")
     if registration_h5:
         reg = read_registration(registration_h5)
         if reg["attrs"].get("slices_sha256") != sha256_of(slices_h5):
             raise InputError(registration_h5, f"registered other slices than {slices_h5}; re-run brain_register")
+        if reg["attrs"].get("split") != split:
+            raise InputError(registration_h5, f"holds the {reg['attrs'].get('split')} pairs, not the {split} pairs")
         indices, warped, seconds = reg["index"], reg["warped_labels"], reg["seconds"]
         device = str(reg["attrs"]["device"])
     else:
@@ -249,7 +250,6 @@ def evaluate_stage(slices_h5: str, registration_h5: str | None, method_name: str
         frame["device"] = device
         frames.append(frame)
     result = pd.concat(frames, ignore_index=True)
-    write_csv_atomic(out_csv, result, index=False, float_format="%.6g")
     per_pair = result.groupby("pair_id")["dice"].mean()
     log.info("%s: %d %s pairs, mean Dice %.1f%% (median pair %.1f%%)", method_name, len(indices), split,
              100 * per_pair.mean(), 100 * per_pair.median())
@@ -300,11 +300,16 @@ def table2_markdown(table: pd.DataFrame, title: str, split: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def table_stage(evaluation_csvs: list[str], slices_h5: str, registration_h5s: dict[str, str], methods: list[str],
-                reference: str, figure_label: int | None, title: str, split: str, out: dict[str, str]) -> pd.DataFrame:
+def table_stage(slices_h5: str, registration_h5s: dict[str, str], methods: list[str], reference: str,
+                figure_label: int | None, title: str, split: str, out: dict[str, str]) -> pd.DataFrame:
+    """Scores every method (cheap next to registering, so one job) and writes Table 2, the per-pair and
+    per-label scores, the Wilcoxon tests and the contour figure."""
     from ..evaluation import significance, significance_markdown
     from .metrics import contour_figure, largest_label
-    per_label = pd.concat([pd.read_csv(p, keep_default_na=True) for p in evaluation_csvs], ignore_index=True)
+    slices = read_slices(slices_h5)
+    per_label = pd.concat([score_method(slices, slices_h5, registration_h5s.get(m), m, split) for m in methods],
+                          ignore_index=True)
+    write_csv_atomic(out["labels"], per_label, index=False, float_format="%.6g")
     pairs = pair_summary(per_label)
     table = table2(pairs, methods)
     write_csv_atomic(out["pairs"], pairs, index=False, float_format="%.6g")
@@ -314,7 +319,6 @@ def table_stage(evaluation_csvs: list[str], slices_h5: str, registration_h5s: di
     write_text_atomic(out["md"], table2_markdown(table, title, split) + "\n"
                       + significance_markdown(tests, "per-pair mean Dice"))
     # Fig. 3: one structure of the first evaluated pair, fixed contour against each method's
-    slices = read_slices(slices_h5)
     first = int(slices.indices(split)[0])
     label = int(figure_label) if figure_label is not None else largest_label(slices.fixed_labels[first])
     panels = {"before": slices.moving_labels[first]}
