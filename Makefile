@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.srnet-installed
 CORES  ?= all
 
-.PHONY: demo test venv clean-results bench
+.PHONY: demo test venv clean-results bench brain
 
 venv: $(STAMP)
 
@@ -34,6 +34,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Table 2 of the brain MRI track (needs the volumes named under brain.datasets in config.yaml)
+brain: $(STAMP)
+	$(BIN)/snakemake brain --cores $(CORES)
+	@cat results/*/tables/table2.md
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_prepare.py

@@ -3,30 +3,6 @@
 # Everything lives under results/<dataset>/brain/ except the tables (results/<dataset>/tables/table2.*).
 
 
-def brain_config(dataset):
-    return config["brain"]["datasets"][dataset]
-
-
-def brain_volume_paths(dataset):
-    return [p for v in brain_config(dataset)["volumes"] for p in (v["image"], v.get("labels")) if p]
-
-
-def brain_methods():
-    return config["brain"]["methods"]
-
-
-def brain_trained():
-    return [m for m in config["brain"]["evaluate"]["methods"] if m != "before"]
-
-
-def brain_uses_self_maps(method):
-    return brain_methods()[method]["maps"] == "self"
-
-
-def brain_registration(dataset, method):
-    return f"results/{dataset}/brain/registration/{method}.h5"
-
-
 rule brain_slices:
     input:
         lambda wc: [p for p in brain_volume_paths(wc.dataset) if os.path.exists(p)],
@@ -145,7 +121,7 @@ rule brain_register:
         "benchmarks/brain_register/{dataset}/{method}.tsv"
     conda:
         "../envs/torch.yaml"
-    # one thread: time per pair is reported, and two jobs sharing the cores would distort it
+    # two threads: on a 2-core machine no other job shares the cores while the time per pair is measured
     threads: 2
     resources:
         mem_mb=4000,

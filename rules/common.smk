@@ -257,3 +257,29 @@ def script_code(script):
     if script not in _CODE_HASHES:
         _CODE_HASHES[script] = source_hash(workflow.basedir, [f"workflow_scripts/{script}"])
     return _CODE_HASHES[script]
+
+
+# ---- brain track (rules/brain.smk)
+
+def brain_config(dataset):
+    return config["brain"]["datasets"][dataset]
+
+
+def brain_volume_paths(dataset):
+    return [p for v in brain_config(dataset)["volumes"] for p in (v["image"], v.get("labels")) if p]
+
+
+def brain_methods():
+    return config["brain"]["methods"]
+
+
+def brain_trained():
+    return [m for m in config["brain"]["evaluate"]["methods"] if m != "before"]
+
+
+def brain_uses_self_maps(method):
+    return brain_methods()[method]["maps"] == "self"
+
+
+def brain_registration(dataset, method):
+    return f"results/{dataset}/brain/registration/{method}.h5"

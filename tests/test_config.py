@@ -84,3 +84,30 @@ def test_submission_defaults_to_the_reference_and_must_be_evaluated():
         validate_config({"evaluate": {"methods": ["initial", "srnet"], "submission": ["srnet_cc"]}})
     with pytest.raises(ConfigError, match="evaluate.submission: 'initial'"):
         validate_config({"evaluate": {"submission": ["initial"]}})
+
+
+def test_brain_section_defaults_and_checks():
+    from dataclasses import asdict
+
+    from srnet_core.brain.slices import SliceSettings
+    from srnet_core.brain.stages import BrainMethod
+    brain = validate_config({})["brain"]
+    assert asdict(SliceSettings()) == brain["slices"]
+    shipped = yaml.safe_load((REPO / "config.yaml").read_text())
+    validate_config(shipped)
+    methods = shipped["brain"]["methods"]
+    assert methods["srnet"] == asdict(BrainMethod())                 # defaults filled per method
+    assert methods["voxelmorph_seg"]["maps"] == "manual" and methods["dirnet"]["backbone"] == "dirnet"
+    for method in methods.values():
+        BrainMethod(**method).check("shipped")
+    with pytest.raises(ConfigError) as err:
+        validate_config({"datasets": {"mni": {"source": "demo"}}, "run": ["mni"],
+                         "brain": {"run": ["oasis"], "datasets": {"mni": {"volumes": [{"image": "t1.nii.gz"}]}},
+                                   "methods": {"a": {"maps": "none"}, "b": {"maps": "manual"},
+                                               "c": {"backbone": "dirnet", "grid_spacing": 12}},
+                                   "evaluate": {"methods": ["before", "a", "zz"]}}})
+    text = str(err.value)
+    for expected in ("brain dataset 'oasis' is not defined", "brain.datasets.mni: the name is also a histology",
+                     "brain.methods.a: maps: none needs lambda_seg: 0", "brain.methods.b: manual labels",
+                     "brain.methods.c: grid_spacing must be a power of 2", "'zz' is neither `before`"):
+        assert expected in text, text

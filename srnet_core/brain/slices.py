@@ -43,8 +43,8 @@ class SliceSettings:
     step: int = 3
     zoom: int = 2                     # in-plane downsampling factor (voxel spacing scaled to match)
     min_brain_fraction: float = 0.1   # slices with less brain than this share of the image are skipped
-    per_slice: int = 2                # simulated moving images per fixed slice
-    magnitude_mm: float = 5.0         # largest displacement of a simulated deformation
+    per_slice: int = 3                # simulated moving images per fixed slice
+    magnitude_mm: float = 10.0        # largest displacement of a simulated deformation
     smoothness_mm: float = 10.0       # Gaussian sigma of the random field before scaling
     validation: float = 0.15          # shares of the (volume, slice) units, the rest trains
     test: float = 0.25
