@@ -10,7 +10,7 @@ rule brain_slices:
         slices="results/{dataset}/brain/slices.h5",
         preview="results/{dataset}/brain/slices.png",
     params:
-        volumes=lambda wc: brain_config(wc.dataset)["volumes"],
+        volumes=lambda wc: brain_volumes(wc.dataset),
         settings=config["brain"]["slices"],
         code=script_code("brain_slices.py"),
     log:

@@ -265,8 +265,17 @@ def brain_config(dataset):
     return config["brain"]["datasets"][dataset]
 
 
+def brain_volumes(dataset):
+    """The dataset's volumes: those listed, then those its `subjects` glob finds (sorted)."""
+    from srnet_core.brain.slices import find_volumes
+
+    d = brain_config(dataset)
+    found = find_volumes(**d["subjects"]) if d.get("subjects") else []
+    return [{"image": v["image"], "labels": v.get("labels")} for v in d["volumes"]] + found
+
+
 def brain_volume_paths(dataset):
-    return [p for v in brain_config(dataset)["volumes"] for p in (v["image"], v.get("labels")) if p]
+    return [p for v in brain_volumes(dataset) for p in (v["image"], v["labels"]) if p]
 
 
 def brain_methods():

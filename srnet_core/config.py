@@ -90,7 +90,9 @@ def _brain_problems(config: dict) -> list[str]:
     for name in brain.get("run") or []:
         if name not in datasets:
             problems.append(f"config.brain.run: brain dataset {name!r} is not defined under brain.datasets")
-    for name in datasets:
+    for name, ds in datasets.items():
+        if isinstance(ds, dict) and not ds.get("volumes") and not ds.get("subjects"):
+            problems.append(f"config.brain.datasets.{name}: needs `volumes` or `subjects`")
         if name in (config.get("datasets") or {}):
             problems.append(f"config.brain.datasets.{name}: the name is also a histology dataset's; results "
                             "would share results/{name}/")

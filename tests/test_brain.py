@@ -156,3 +156,26 @@ def test_table2_layout_from_per_pair_scores():
     assert "| DM (%) | 60.0 ± 0.0 | 85.0 ± 0.0 |" in md
     assert "| HD95 (mm) | 3.50 ± 0.50 | 2.00 ± 0.50 |" in md
     assert "| Time (s) | – | 0.0100 |" in md and "cpu (test)" in md
+
+
+def test_subjects_folder_layout_and_mgz(tmp_path):
+    """A FreeSurfer-style SUBJECTS_DIR: <subject>/mri/brain.mgz with aseg.mgz beside it (MGZ read)."""
+    from srnet_core.brain.slices import find_volumes
+    image, labels = _phantom()
+    for subject in ("OAS1_0002", "OAS1_0001"):
+        mri = tmp_path / subject / "mri"
+        mri.mkdir(parents=True)
+        nib.save(nib.MGHImage(image, np.eye(4)), str(mri / "brain.mgz"))
+        nib.save(nib.MGHImage(labels.astype(np.int32), np.eye(4)), str(mri / "aseg.mgz"))
+    found = find_volumes(str(tmp_path), "*/mri/brain.mgz", "aseg.mgz")
+    assert [v["image"] for v in found] == [str(tmp_path / s / "mri" / "brain.mgz") for s in ("OAS1_0001", "OAS1_0002")]
+    volumes = [read_volume(v["image"], v["labels"]) for v in found]
+    assert np.array_equal(volumes[0].labels, labels) and volumes[0].image.max() == 800
+    slices = make_slices(volumes, SliceSettings(start=3, stop=9, step=3, zoom=1, per_slice=1, test=0.5,
+                                                validation=0.0))
+    assert sorted(set(slices.volume)) == [0, 1] and len(slices.fixed) == 4
+    with pytest.raises(InputError, match="no volume matches"):
+        find_volumes(str(tmp_path), "*/mri/T1.mgz")
+    (tmp_path / "OAS1_0002" / "mri" / "aseg.mgz").unlink()
+    with pytest.raises(InputError, match="aseg.mgz: label volume 'aseg.mgz' missing beside brain.mgz"):
+        find_volumes(str(tmp_path), "*/mri/brain.mgz", "aseg.mgz")

@@ -24,7 +24,8 @@ def _walk(schema, path="config"):
 def test_every_key_has_description_and_default():
     for path, sub in _walk(load_schema()):
         assert sub.get("description"), f"{path} lacks a description"
-        required = path.endswith(("files[].path", "files[].sha256", ".volumes", "volumes[].image"))
+        required = path.endswith(("files[].path", "files[].sha256", "volumes[].image", "subjects.root",
+                                     "subjects.image"))
         assert required or "default" in sub, f"{path} lacks a default"
 
 
@@ -102,12 +103,13 @@ def test_brain_section_defaults_and_checks():
         BrainMethod(**method).check("shipped")
     with pytest.raises(ConfigError) as err:
         validate_config({"datasets": {"mni": {"source": "demo"}}, "run": ["mni"],
-                         "brain": {"run": ["oasis"], "datasets": {"mni": {"volumes": [{"image": "t1.nii.gz"}]}},
+                         "brain": {"run": ["oasis"], "datasets": {"mni": {"volumes": [{"image": "t1.nii.gz"}]}, "empty": {}},
                                    "methods": {"a": {"maps": "none"}, "b": {"maps": "manual"},
                                                "c": {"backbone": "dirnet", "grid_spacing": 12}},
                                    "evaluate": {"methods": ["before", "a", "zz"]}}})
     text = str(err.value)
     for expected in ("brain dataset 'oasis' is not defined", "brain.datasets.mni: the name is also a histology",
                      "brain.methods.a: maps: none needs lambda_seg: 0", "brain.methods.b: manual labels",
-                     "brain.methods.c: grid_spacing must be a power of 2", "'zz' is neither `before`"):
+                     "brain.methods.c: grid_spacing must be a power of 2", "'zz' is neither `before`",
+                     "brain.datasets.empty: needs `volumes` or `subjects`"):
         assert expected in text, text

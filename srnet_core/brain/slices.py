@@ -81,6 +81,29 @@ class SliceSet:
         return f"v{self.volume[i]}_s{self.slice[i]:03d}_d{self.deformation[i]}"
 
 
+def find_volumes(root: str, image: str, labels: str | None = None) -> list[dict]:
+    """Volumes of a subjects folder (ADNI / OASIS / FreeSurfer layouts): `image` is a glob under `root`
+    (e.g. `*/mri/brain.mgz` in a FreeSurfer SUBJECTS_DIR), `labels` a file name next to each image
+    (e.g. `aseg.mgz`) or None. Sorted by path, so the split is the same on every machine."""
+    from pathlib import Path
+    base = Path(root)
+    if not base.is_dir():
+        raise InputError(root, "brain subjects folder not found")
+    images = sorted(base.glob(image))
+    if not images:
+        raise InputError(root, f"no volume matches {image!r}")
+    found = []
+    for path in images:
+        entry = {"image": str(path), "labels": None}
+        if labels:
+            label_path = path.parent / labels
+            if not label_path.exists():
+                raise InputError(label_path, f"label volume {labels!r} missing beside {path.name}")
+            entry["labels"] = str(label_path)
+        found.append(entry)
+    return found
+
+
 def _load(path: str):
     import nibabel as nib
     if not os.path.exists(path):
