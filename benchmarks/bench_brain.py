@@ -37,14 +37,15 @@ def run(workdir: Path, cores: int) -> float:
 
 
 def stage_times(workdir: Path, dataset: str) -> pd.DataFrame:
+    """One row per brain job of `dataset`: benchmarks/<rule>/<dataset>.tsv or benchmarks/<rule>/<dataset>/<method>.tsv."""
     rows = []
-    for tsv in sorted((workdir / "benchmarks").glob(f"brain_*/{dataset}*")):
-        files = sorted(tsv.glob("*.tsv")) if tsv.is_dir() else [tsv]
-        for f in files:
-            frame = pd.read_csv(f, sep="\t")
-            rows.append({"stage": f.parent.name if tsv.is_dir() else tsv.parent.name,
-                         "job": f.stem if tsv.is_dir() else dataset, "seconds": float(frame["s"].iloc[-1]),
-                         "peak_rss_mb": float(frame["max_rss"].iloc[-1])})
+    for stage in sorted((workdir / "benchmarks").glob("brain_*")):
+        files = [(dataset, stage / f"{dataset}.tsv")] + [(f.stem, f) for f in sorted((stage / dataset).glob("*.tsv"))]
+        for job, f in files:
+            if f.exists():
+                frame = pd.read_csv(f, sep="\t")
+                rows.append({"stage": stage.name, "job": job, "seconds": float(frame["s"].iloc[-1]),
+                             "peak_rss_mb": float(frame["max_rss"].iloc[-1])})
     return pd.DataFrame(rows)
 
 
@@ -63,7 +64,7 @@ def main() -> int:
         wall = run(workdir, args.cores)
     table_md = (workdir / "results" / args.dataset / "tables" / "table2.md").read_text()
     stages = stage_times(workdir, args.dataset)
-    lines = ["## Brain MRI track: Table 2 on the shared MNI template (`benchmarks/bench_brain.py`)", "",
+    lines = [START, "## Brain MRI track: Table 2 on the shared MNI template (`benchmarks/bench_brain.py`)", "",
              f"- Machine: {machine()}",
              f"- Command: `snakemake brain --cores {args.cores}` with config.yaml's defaults (brain.datasets.mni: "
              "`../shared/data/brain/mni.nii.gz` + `mnia.nii.gz`, the 1 mm MNI152 T1 template and the 116-region "
@@ -75,7 +76,7 @@ def main() -> int:
     for r in stages.itertuples(index=False):
         lines.append(f"| {r.stage} | {r.job} | {r.seconds:.1f} | {r.peak_rss_mb:.0f} |")
     lines += ["", "Table 2 as the workflow wrote it (`results/mni/tables/table2.md`):", "",
-              table_md.replace("\n# ", "\n### ").replace("## ", "#### ").lstrip("# ").strip()]
+              table_md.replace("\n# ", "\n### ").replace("## ", "#### ").lstrip("# ").strip(), END]
     write_section("\n".join(lines) + "\n", START, END)
     print("\n".join(lines))
     return 0
