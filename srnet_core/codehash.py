@@ -7,6 +7,7 @@ elsewhere does not."""
 from __future__ import annotations
 
 import ast
+import functools
 import hashlib
 from pathlib import Path
 
@@ -27,6 +28,14 @@ def _module_file(root: Path, dotted: str) -> Path | None:
 
 
 def _imports(root: Path, path: Path) -> set[Path]:
+    stat = path.stat()
+    return _imports_of_version(root, path, stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=1024)
+def _imports_of_version(root: Path, path: Path, mtime_ns: int, size: int) -> frozenset[Path]:
+    """Parsed once per file version: every rule's params hash its script's closure at each Snakemake
+    start (twice per cluster job), and the scripts share most modules."""
     package = list(path.relative_to(root).with_suffix("").parts[:-1])
     found = set()
     for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
@@ -50,7 +59,7 @@ def _imports(root: Path, path: Path) -> set[Path]:
                     if init is not None:
                         found.add(init)
                     parent = parent.rsplit(".", 1)[0]
-    return found
+    return frozenset(found)
 
 
 def source_closure(root: str | Path, modules: list[str] | tuple[str, ...]) -> list[Path]:

@@ -399,6 +399,10 @@ def stop() -> None:
     if errors:
         raise ClusterError("; ".join(errors))
     STATE_FILE.unlink(missing_ok=True)
+    # Our slurm.conf goes too: while it names a controller that is gone, every `scontrol` (which the
+    # SLURM executor plugin runs on import, i.e. at every Snakemake start) waits ~9 s for it.
+    if SLURM_CONF.exists() and MARKER in SLURM_CONF.read_text(errors="replace"):
+        SLURM_CONF.unlink()
 
 
 def status() -> str:

@@ -73,28 +73,33 @@ def test_demo_through_slurm_profile(slurm, tmp_path):
     assert list(table["pairs"]) == [6, 4, 2]
     assert table.loc["All", "srnet"] < table.loc["All", "initial"]
 
-    # Every job went through sbatch: one submission per job (the `all` target runs locally),
-    # each with its SLURM log (kept by the test profile) written by the job step's snakemake.
+    # Every job went through sbatch (the `all` target runs locally); each SLURM log (kept by the test
+    # profile) is written by the job step's snakemake and names the rule it ran, and the jobs the main
+    # process saw finish are exactly the steps run inside SLURM jobs.
     output = result.stdout + result.stderr
     logdir = (tmp_path / ".snakemake/slurm_logs").resolve()
-    submitted = {int(job): (slurm_id, Path(log)) for job, slurm_id, log in SUBMITTED.findall(output)}
-    finished = set(map(int, re.findall(r"Finished jobid: (\d+) \(Rule: (?!all\))", output)))
-    assert finished and finished <= set(submitted), "jobs that finished without a SLURM submission"
-    assert all(log.is_relative_to(logdir) for _, log in submitted.values())
-    # .snakemake/slurm_logs/rule_<rule>/<wildcards>/<slurm id>.log
-    jobs = [(log.relative_to(logdir).parts[0].removeprefix("rule_"), log.parent.name, slurm_id, log)
-            for slurm_id, log in submitted.values()]
+    submitted = [(slurm_id, Path(log)) for _, slurm_id, log in SUBMITTED.findall(output)]
+    assert submitted and all(log.is_relative_to(logdir) for _, log in submitted)
+    jobs = []                                   # (rule, wildcards, slurm id, log); logs: rule_<rule>/<wildcards>/
+    for slurm_id, log in submitted:
+        rule = log.relative_to(logdir).parts[0].removeprefix("rule_")
+        text = log.read_text()
+        steps = re.findall(r"^(?:local)?(?:rule|checkpoint) (\w+):", text, flags=re.M)
+        assert "--executor slurm-jobstep" in text and set(steps) == {rule}, (log, steps)
+        jobs.append((rule, log.parent.name, slurm_id, log))
+    finished = sorted(re.findall(r"Finished jobid: \d+ \(Rule: (\w+)\)", output))
+    assert sorted(rule for rule, *_ in jobs) == [r for r in finished if r != "all"], "jobs outside SLURM"
     rules = {rule for rule, *_ in jobs}
     for rule in ("demo_dataset", "prepare", "pretrain_fgsn", "extract_features", "fit_codebook", "segment",
                  "affine", "train_registration", "register", "evaluate", "tables"):
         assert rule in rules, f"no SLURM job for rule {rule}"
     train_log = next(log for rule, _, _, log in jobs if rule == "train_registration").read_text()
-    assert "--executor slurm-jobstep" in train_log and "1 of 1 steps (100%) done" in train_log
+    assert "1 of 1 steps (100%) done" in train_log
     import snakemake
     assert os.path.dirname(snakemake.__file__) in train_log, "the job did not run this environment's snakemake"
 
     # GPU rules went to the gpu partition, the rest (and the affine `register` jobs) to cpu.
-    partitions = _partitions([slurm_id for *_, slurm_id, _ in jobs])
+    partitions = _partitions([slurm_id for _, _, slurm_id, _ in jobs])
     for rule, wildcards, slurm_id, log in jobs:
         gpu = rule in ("pretrain_fgsn", "extract_features", "train_registration") or (
             rule == "register" and not wildcards.startswith("demo_affine_"))
