@@ -15,6 +15,7 @@ import json
 import logging
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -138,7 +139,7 @@ def train_stage(slices_h5: str, maps_h5: str | None, method_name: str, method: d
              "label_values": json.dumps([int(v) for v in values]) if values is not None else "[]",
              "maps_sha256": sha256_of(maps_h5) if method_.maps == "self" and maps_h5 else ""}
     checksum = save_model(out_model, result.model.cpu(), method_.settings(), k, extra=extra)
-    state = __import__("pathlib").Path(checkpoint_dir) / "state.pt"
+    state = Path(checkpoint_dir) / "state.pt"
     if state.exists():
         state.unlink()
     return checksum
@@ -323,9 +324,9 @@ def table_stage(slices_h5: str, registration_h5s: dict[str, str], methods: list[
     label = int(figure_label) if figure_label is not None else largest_label(slices.fixed_labels[first])
     panels = {"before": slices.moving_labels[first]}
     for method, path in registration_h5s.items():
-        reg = read_registration(path)
-        j = int(np.flatnonzero(reg["index"] == first)[0])
-        panels[method] = reg["warped_labels"][j]
+        with open_checked(path, FORMAT_REGISTRATION) as f:
+            j = int(np.flatnonzero(f["index"][()] == first)[0])
+            panels[method] = f["warped_labels"][j]
     contour_figure(slices.fixed[first], slices.fixed_labels[first], panels, label, out["figure"],
                    title=f"{slices.pair_id(first)}: label {label}, fixed (red) vs warped moving (blue)",
                    spacing=slices.spacing)
