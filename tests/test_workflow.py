@@ -289,3 +289,34 @@ def test_srnet_on_the_real_birl_pairs_beats_initial(birl_run):
         assert table.loc[tissue, "affine"] < table.loc[tissue, "initial"] / 4, table
         assert table.loc[tissue, "srnet"] < table.loc[tissue, "initial"] / 4, table
     assert table.loc["All", "srnet"] < 1.2 * table.loc["All", "affine"], table
+
+
+def test_baselines_join_every_table_with_only_their_own_jobs(birl_run, tmp_path):
+    """Adding ants_syn and elastix to a finished run registers the pairs with them and re-makes the
+    tables, nothing upstream; they write what srnet writes and each cuts the initial error by far."""
+    pytest.importorskip("ants", reason="antspyx is not installed (pip install '.[baselines]')")
+    pytest.importorskip("itk", reason="itk-elastix is not installed (pip install '.[baselines]')")
+    work = tmp_path / "run"
+    shutil.copytree(birl_run, work, symlinks=True)
+    cfg = yaml.safe_load((work / "cfg.yaml").read_text())
+    cfg["evaluate"]["methods"] += ["ants_syn", "elastix"]
+    (work / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    dry = run_snakemake(work, f"--configfile={work / 'cfg.yaml'}", "-n", "--quiet", "rules")
+    counts = job_counts(dry)
+    counts.pop("all", None)
+    assert counts == {"register_baseline": 4, "evaluate": 4, "tables": 1, "submission": 1}, dry.stdout[-3000:]
+    result = run_snakemake(work, f"--configfile={work / 'cfg.yaml'}")
+    assert result.returncode == 0, result.stderr[-4000:]
+    table = pd.read_csv(work / "results/birl/tables/median_rtre.csv", index_col=0)
+    assert list(table.columns) == ["pairs", "initial", "affine", "srnet", "ants_syn", "elastix"]
+    for method in ("ants_syn", "elastix"):
+        for tissue in ("All", "rat-kidney", "lesions"):
+            assert table.loc[tissue, method] < table.loc[tissue, "initial"] / 4, table
+        for folder in sorted((work / f"results/birl/registration/{method}").iterdir()):
+            timing = json.loads((folder / "timing.json").read_text())
+            assert timing["method"] == method and timing["seconds_register"] > 0 and "thread" in timing["device"]
+            warped = pd.read_csv(folder / "warped_landmarks.csv")
+            assert len(warped) == timing["landmarks"] > 60 and np.isfinite(warped[["X", "Y"]].to_numpy()).all()
+    pairs = pd.read_csv(work / "results/birl/tables/pairs.csv")
+    assert set(pairs["method"]) >= {"ants_syn", "elastix"}
+    assert (pairs.loc[pairs["method"].isin(["ants_syn", "elastix"]), "seconds"] > 0).all()
