@@ -46,8 +46,9 @@ brain: $(STAMP)
 	$(BIN)/snakemake brain --cores $(CORES)
 	@cat results/*/tables/table2.md
 
+# the benchmark suite (about an hour on 2 cores; needs ../shared/data): docs/BENCHMARKS.md + README headline
 bench: $(STAMP)
-	$(BIN)/python benchmarks/bench_prepare.py
+	$(BIN)/python benchmarks/bench_suite.py
 
 clean-results:
 	rm -rf results/demo data/demo logs .snakemake

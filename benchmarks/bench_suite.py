@@ -137,6 +137,36 @@ def pair_times(workdir: Path, dataset: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def ants_repeatability(workdir: Path, dataset: str, repeats: int) -> pd.DataFrame:
+    """Median rTRE of each pair over `repeats` fresh ants_syn runs with the same seed and settings
+    (antspyx does not reproduce its result run to run; this says by how much)."""
+    from srnet_core.evaluation import evaluate_pair
+    from srnet_core.h5io import read_prepared_attrs
+    from srnet_core.registration.baselines import baseline_register_stage
+    config = yaml.safe_load((ROOT / "config.yaml").read_text())
+    pairs = pd.read_csv(workdir / "results" / dataset / "dataset.csv", dtype=str, keep_default_na=False)
+    res = workdir / "results" / dataset
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="srnet-repeat-") as tmp:
+        for pair in pairs.itertuples(index=False):
+            attrs = read_prepared_attrs(res / "prepared" / f"{pair.fixed_id}.h5")
+            size = (int(attrs["full_width"]), int(attrs["full_height"]))
+            for run in range(repeats):
+                outs = {f"out_{k}": f"{tmp}/r.{k}" for k in ("field", "landmarks", "overlay", "timing")}
+                baseline_register_stage(fixed_prepared=str(res / "prepared" / f"{pair.fixed_id}.h5"),
+                                        moving_prepared=str(res / "prepared" / f"{pair.moving_id}.h5"),
+                                        affine=str(res / "affine" / f"{pair.pair_id}.json"), pair_id=pair.pair_id,
+                                        method_name="ants_syn", settings=config["registration"]["baselines"]["ants_syn"],
+                                        threads=THREADS, moving_landmarks=pair.moving_landmarks_path, **outs)
+                _, summary = evaluate_pair(pair.fixed_landmarks_path, outs["out_landmarks"], size,
+                                           moving_landmarks=pair.moving_landmarks_path)
+                rows.append({"tissue": pair.tissue, "run": run, "rtre_median": summary["rtre_median"]})
+                print(f"[suite] ants_syn repeat {run} {pair.tissue}: {summary['rtre_median']:.5f}", flush=True)
+    frame = pd.DataFrame(rows)
+    all_ = frame.groupby("run")["rtre_median"].median().rename("All")
+    return pd.concat([frame.pivot(index="run", columns="tissue", values="rtre_median"), all_], axis=1)
+
+
 def rtre_table(workdir: Path, dataset: str) -> pd.DataFrame:
     return pd.read_csv(workdir / "results" / dataset / "tables" / "median_rtre.csv", index_col=0)
 
@@ -192,6 +222,7 @@ def main(argv=None) -> int:
     ap.add_argument("--skip-brain", action="store_true")
     ap.add_argument("--skip-scaling", action="store_true")
     ap.add_argument("--cores", type=int, default=2)
+    ap.add_argument("--ants-repeats", type=int, default=5, help="fresh ants_syn runs per BIRL pair (0 = none)")
     args = ap.parse_args(argv)
     if not SHARED_BIRL.is_dir():
         raise SystemExit(f"the suite needs the real BIRL pairs at {SHARED_BIRL}")
@@ -205,6 +236,7 @@ def main(argv=None) -> int:
     times = pd.concat([pair_times(d, name).assign(dataset=name) for name, d in dirs.items()], ignore_index=True)
     (base / "pair_times.csv").write_text(times.to_csv(index=False))
     tlines, med = timing_lines(times.drop(columns="dataset"))
+    repeat = ants_repeatability(dirs["birl"], "birl", args.ants_repeats) if args.ants_repeats else None
     if not args.skip_brain:
         cmd = [sys.executable, str(ROOT / "benchmarks" / "bench_brain.py")]
         cmd += ["--from", str(args.brain_from)] if args.brain_from else []
@@ -236,6 +268,16 @@ def main(argv=None) -> int:
               "load was a median " + f"{statistics.median(times['srnet load']):.2f} s); the baselines' times are "
               "the tool's registration plus turning its transform into srnet's dense field.", "",
               "### Against the targets", "", *targets(tables, med), ""]
+    if repeat is not None:
+        lines += [f"### How much ants_syn moves between runs ({len(repeat)} fresh runs, same seed, BIRL pairs)", "",
+                  "| | " + " | ".join(repeat.columns) + " |", "|---" * (len(repeat.columns) + 1) + "|"]
+        for stat in ("min", "median", "max"):
+            lines.append(f"| {stat} | " + " | ".join(f"{getattr(repeat[c], stat)():.5f}" for c in repeat.columns)
+                         + " |")
+        srnet_all = tables["birl"].loc["All", "srnet"]
+        lines += ["", f"srnet (deterministic) All = {srnet_all:.5f}: below ants_syn's All in "
+                  f"{int((repeat['All'] > srnet_all).sum())} of {len(repeat)} runs, equal in "
+                  f"{int((repeat['All'] == srnet_all).sum())}.", ""]
     for name in ("birl", "demo"):
         lines += [f"### Stage time and peak memory, {name} run (Snakemake `benchmark:` files)", "",
                   "| rule | jobs | median s | total s | peak MB |", "|---|---|---|---|---|"]

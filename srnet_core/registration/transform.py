@@ -46,6 +46,44 @@ class Transform:
             if np.abs(nxt - p).max() < tol:
                 return nxt
             p = nxt
+        return self._newton(r, p, tol)
+
+    def _newton(self, r: np.ndarray, p: np.ndarray, tol: float, iterations: int = 50) -> np.ndarray:
+        """Points where the fixed-point iteration did not settle (|grad u| >= 1 there: strong local
+        expansion, as classical methods' fields can have) are solved for p + u(p) = r by damped Newton
+        steps with the field's own Jacobian; they start from the best iterate seen."""
+        def residual(x, target):
+            return x + sample_field(self.field, x) - target
+
+        res = residual(p, r)
+        bad = np.hypot(*res.T) > tol
+        if not bad.any():
+            return p
+        target = r[bad]
+        grads = [np.gradient(self.field[c].astype(np.float64)) for c in range(2)]   # d/dy, d/dx per component
+        x, e = p[bad].copy(), res[bad]
+        for _ in range(iterations):
+            coords = [x[:, 1], x[:, 0]]
+            jac = np.empty((len(x), 2, 2))
+            for c in range(2):
+                jac[:, c, 0] = ndimage.map_coordinates(grads[c][1], coords, order=1, mode="nearest")
+                jac[:, c, 1] = ndimage.map_coordinates(grads[c][0], coords, order=1, mode="nearest")
+            jac[:, 0, 0] += 1.0
+            jac[:, 1, 1] += 1.0
+            det = jac[:, 0, 0] * jac[:, 1, 1] - jac[:, 0, 1] * jac[:, 1, 0]
+            det = np.where(np.abs(det) < 1e-9, 1e-9, det)
+            step = np.stack([jac[:, 1, 1] * e[:, 0] - jac[:, 0, 1] * e[:, 1],
+                             jac[:, 0, 0] * e[:, 1] - jac[:, 1, 0] * e[:, 0]], axis=1) / det[:, None]
+            length = np.hypot(*step.T)[:, None]
+            step *= np.minimum(1.0, 2.0 / np.maximum(length, 1e-12))      # at most 2 px per step
+            trial = x - step
+            trial_e = residual(trial, target)
+            better = np.hypot(*trial_e.T) < np.hypot(*e.T)
+            x[better], e[better] = trial[better], trial_e[better]
+            if not better.any() or np.hypot(*e.T).max() < tol:
+                break
+        p = p.copy()
+        p[bad] = x
         return p
 
     def fixed_to_moving(self, points_full: np.ndarray) -> np.ndarray:
