@@ -3,6 +3,7 @@
     python benchmarks/bench_brain.py                 # runs `snakemake brain --cores 2` in a fresh folder
     python benchmarks/bench_brain.py --from DIR      # summarises a finished run in DIR instead
                                                      # (DIR/brain_run.time: the wall seconds, if measured)
+    python benchmarks/bench_brain.py --baselines     # adds the ants_syn and elastix columns
 
 Writes the section between `<!-- bench_brain:start -->` and `<!-- bench_brain:end -->` in
 docs/BENCHMARKS.md: the machine, the command, wall time, the time of each stage (Snakemake's
@@ -19,6 +20,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import ROOT, machine, write_section  # noqa: E402
@@ -26,9 +28,18 @@ from _common import ROOT, machine, write_section  # noqa: E402
 START, END = "<!-- bench_brain:start -->", "<!-- bench_brain:end -->"
 
 
-def run(workdir: Path, cores: int) -> float:
+BASELINES = ["ants_syn", "elastix"]
+
+
+def run(workdir: Path, cores: int, baselines: bool) -> float:
+    workdir.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "snakemake", "brain", "-s", str(ROOT / "Snakefile"), "--directory", str(workdir),
            "--cores", str(cores)]
+    if baselines:
+        methods = yaml.safe_load((ROOT / "config.yaml").read_text())["brain"]["evaluate"]["methods"]
+        cfg = workdir / "bench_brain_config.yaml"
+        cfg.write_text(yaml.safe_dump({"brain": {"evaluate": {"methods": methods + BASELINES}}}))
+        cmd += ["--configfile", str(cfg)]
     started = time.perf_counter()
     subprocess.run(cmd, check=True)
     seconds = time.perf_counter() - started
@@ -54,14 +65,16 @@ def main() -> int:
     parser.add_argument("--from", dest="source", type=Path, help="a folder holding a finished `brain` run")
     parser.add_argument("--dataset", default="mni")
     parser.add_argument("--cores", type=int, default=2)
+    parser.add_argument("--workdir", type=Path, help="run in this folder (default: a new temporary one)")
+    parser.add_argument("--baselines", action="store_true", help=f"also the columns {', '.join(BASELINES)}")
     args = parser.parse_args()
     if args.source:
         workdir = args.source
         timing = workdir / "brain_run.time"
         wall = float(timing.read_text()) if timing.exists() else None
     else:
-        workdir = Path(tempfile.mkdtemp(prefix="srnet-brain-"))
-        wall = run(workdir, args.cores)
+        workdir = args.workdir or Path(tempfile.mkdtemp(prefix="srnet-brain-"))
+        wall = run(workdir, args.cores, args.baselines)
     table_md = (workdir / "results" / args.dataset / "tables" / "table2.md").read_text()
     stages = stage_times(workdir, args.dataset)
     lines = [START, "## Brain MRI track: Table 2 on the shared MNI template (`benchmarks/bench_brain.py`)", "",
@@ -69,7 +82,9 @@ def main() -> int:
              f"- Command: `snakemake brain --cores {args.cores}` with config.yaml's defaults (brain.datasets.mni: "
              "`../shared/data/brain/mni.nii.gz` + `mnia.nii.gz`, the 1 mm MNI152 T1 template and the 116-region "
              "AAL atlas; axial slices 40..127 every 3rd, 2x in-plane zoom to 2 mm pixels, 3 simulated "
-             "deformations of up to 10 mm per slice; 1,500 training iterations per method on CPU)",
+             "deformations of up to 10 mm per slice; 1,500 training iterations per method on CPU"
+             + (f"; plus the baselines {', '.join(BASELINES)} with registration.baselines' settings)"
+                if (workdir / "bench_brain_config.yaml").exists() else ")"),
              f"- Wall time of the whole run: {wall / 60:.1f} min" if wall else "- Wall time: not measured",
              "", "Time per stage (Snakemake `benchmark:` files, seconds, peak resident memory MB):", "",
              "| stage | job | s | peak MB |", "|---|---|---|---|"]

@@ -237,14 +237,15 @@ def main(argv=None) -> int:
     (base / "pair_times.csv").write_text(times.to_csv(index=False))
     tlines, med = timing_lines(times.drop(columns="dataset"))
     repeat = ants_repeatability(dirs["birl"], "birl", args.ants_repeats) if args.ants_repeats else None
+    brain_dir = args.brain_from or base / "brain"
     if not args.skip_brain:
         cmd = [sys.executable, str(ROOT / "benchmarks" / "bench_brain.py")]
-        cmd += ["--from", str(args.brain_from)] if args.brain_from else []
+        cmd += ["--from", str(args.brain_from)] if args.brain_from else ["--workdir", str(brain_dir), "--baselines"]
         subprocess.run(cmd, check=True)
     if not args.skip_scaling:
         subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_scaling.py"), "--write",
                         "--json", str(base / "scaling.json")], check=True)
-    brain = brain_summary(args.brain_from) if args.brain_from else None
+    brain = brain_summary(brain_dir)
     today = dt.date.today().isoformat()
     import torch
     versions = (f"torch {torch.__version__}, antspyx {_version('antspyx')}, itk-elastix {_version('itk-elastix')}; "
@@ -317,9 +318,9 @@ def headline(tables: dict, med: dict, brain: pd.DataFrame | None, today: str) ->
               f"optimisation {tuned:.2f} s, ants_syn {med['ants_syn']:.1f} s, elastix {med['elastix']:.1f} s."]
     if brain is not None:
         lines.append("")
-        lines.append("Brain slices (MNI152 + AAL, simulated deformations): mean Dice " + ", ".join(
-            f"{r.method} {r.dice_mean:.1f} %" for r in brain.itertuples() if r.method in ("before", "srnet",
-                                                                                         "voxelmorph_seg")) + ".")
+        lines.append("Brain slices (MNI152 + AAL atlas, simulated deformations, test pairs): mean Dice / HD95 "
+                     + ", ".join(f"{r.method} {r.dice_percent:.1f} % / {r.hd95_mm:.2f} mm" for r in brain.itertuples())
+                     + ".")
     lines.append(README_END)
     readme = ROOT / "README.md"
     text = readme.read_text()

@@ -130,6 +130,30 @@ rule brain_register:
         "../workflow_scripts/brain_register.py"
 
 
+rule brain_register_baseline:
+    input:
+        slices="results/{dataset}/brain/slices.h5",
+    output:
+        "results/{dataset}/brain/registration/{method}.h5",
+    wildcard_constraints:
+        method=alternation(BASELINES),
+    params:
+        settings=lambda wc: config["registration"]["baselines"][wc.method],
+        split=config["brain"]["evaluate"]["split"],
+        code=script_code("brain_register_baseline.py"),
+    log:
+        "logs/brain_register/{dataset}/{method}.log",
+    benchmark:
+        "benchmarks/brain_register/{dataset}/{method}.tsv"
+    conda:
+        "../envs/baselines.yaml"
+    threads: config["registration"]["baselines"]["threads"]
+    resources:
+        mem_mb=4000,
+    script:
+        "../workflow_scripts/brain_register_baseline.py"
+
+
 rule brain_table:
     input:
         slices="results/{dataset}/brain/slices.h5",

@@ -3,7 +3,8 @@ import os
 import re
 
 from srnet_core.codehash import source_hash
-from srnet_core.config import BASELINES, validate_config
+from srnet_core.config import validate_config
+from srnet_core.names import BASELINES
 from srnet_core.datasets import read_pairs
 from srnet_core.demo import demo_files
 

@@ -9,9 +9,9 @@ from importlib import resources
 import yaml
 from jsonschema import Draft202012Validator, validators
 
+from .names import BASELINES
+
 SCHEMA_FILE = "config.schema.yaml"
-# classical baselines (srnet_core/registration/baselines.py), names reserved for them in evaluate.methods
-BASELINES = ("ants_syn", "elastix")
 
 
 class ConfigError(ValueError):
@@ -114,8 +114,12 @@ def _brain_problems(config: dict) -> list[str]:
         if m.get("backbone") == "dirnet" and spacing & (spacing - 1):
             problems.append(f"config.brain.methods.{name}: grid_spacing must be a power of 2, got {spacing}")
     evaluate = brain.get("evaluate") or {}
+    for name in ("before",) + BASELINES:
+        if name in methods:
+            problems.append(f"config.brain.methods.{name}: {name!r} is a built-in column's name; rename the method")
     for name in evaluate.get("methods") or []:
-        if name != "before" and name not in methods:
-            problems.append(f"config.brain.evaluate.methods: {name!r} is neither `before` nor a method under "
-                            f"brain.methods ({', '.join(sorted(methods)) or 'none'})")
+        if name != "before" and name not in methods and name not in BASELINES:
+            problems.append(f"config.brain.evaluate.methods: {name!r} is neither `before`, a baseline "
+                            f"({', '.join(BASELINES)}) nor a method under brain.methods "
+                            f"({', '.join(sorted(methods)) or 'none'})")
     return problems

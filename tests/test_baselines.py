@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from srnet_core.config import BASELINES
+from srnet_core.names import BASELINES
 from srnet_core.registration.baselines import SETTINGS, baseline_settings, register_baseline
 from srnet_core.registration.warp import SpatialTransformer
 

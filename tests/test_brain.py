@@ -137,12 +137,13 @@ def test_brain_method_settings_are_checked():
 def test_table2_layout_from_per_pair_scores():
     from srnet_core.brain.stages import pair_summary, table2, table2_markdown
     rows = []
-    for method, dices, hd, sec in (("before", [0.5, 0.7], [4.0, 2.0], 0.0), ("srnet", [0.8, 0.9], [2.0, 1.0], 0.01)):
+    for method, dices, hd, sec in (("before", [0.5, 0.7], [4.0, 2.0], 0.0), ("srnet", [0.8, 0.9], [2.0, 1.0], 0.01),
+                                   ("elastix", [0.7, 0.8], [3.0, 2.0], 1.5)):
         for pair in ("a", "b"):
             for label, d in zip((1, 2), dices):
                 rows.append({"pair_id": pair, "method": method, "label": label, "dice": d,
                              "hd95_mm": hd[label - 1] + (pair == "b"), "seconds": sec,
-                             "device": "" if method == "before" else "cpu (test)"})
+                             "device": {"before": "", "srnet": "cpu (test)", "elastix": "cpu (2 threads)"}[method]})
     pairs = pair_summary(pd.DataFrame(rows))
     # before: Dice (0.5 + 0.7) / 2 = 60 %, HD95 pair a (4 + 2) / 2 = 3, pair b (5 + 3) / 2 = 4 -> 3.5
     table = table2(pairs, ["before", "srnet"]).set_index("method")
@@ -152,10 +153,13 @@ def test_table2_layout_from_per_pair_scores():
     assert table.at["srnet", "dice_percent"] == pytest.approx(85.0)
     assert table.at["srnet", "hd95_mm"] == pytest.approx(2.0)
     assert np.isnan(table.at["before", "seconds"]) and table.at["srnet", "seconds"] == pytest.approx(0.01)
-    md = table2_markdown(table.reset_index(), "T", "test")
-    assert "| DM (%) | 60.0 ± 0.0 | 85.0 ± 0.0 |" in md
-    assert "| HD95 (mm) | 3.50 ± 0.50 | 2.00 ± 0.50 |" in md
-    assert "| Time (s) | – | 0.0100 |" in md and "cpu (test)" in md
+    md = table2_markdown(table2(pairs, ["before", "srnet", "elastix"]), "T", "test")
+    assert "| DM (%) | 60.0 ± 0.0 | 85.0 ± 0.0 | 75.0 ± 0.0 |" in md
+    assert "| HD95 (mm) | 3.50 ± 0.50 | 2.00 ± 0.50 | 3.00 ± 0.50 |" in md
+    assert "| Time (s) | – | 0.0100 | 1.5000 |" in md
+    # each timed column says where and what was timed: networks and baselines are timed differently
+    assert "srnet on cpu (test) (forward pass and warping, model load excluded)" in md
+    assert "elastix on cpu (2 threads) (the tool's registration" in md
 
 
 def test_subjects_folder_layout_and_mgz(tmp_path):

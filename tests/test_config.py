@@ -105,11 +105,14 @@ def test_brain_section_defaults_and_checks():
         validate_config({"datasets": {"mni": {"source": "demo"}}, "run": ["mni"],
                          "brain": {"run": ["oasis"], "datasets": {"mni": {"volumes": [{"image": "t1.nii.gz"}]}, "empty": {}},
                                    "methods": {"a": {"maps": "none"}, "b": {"maps": "manual"},
-                                               "c": {"backbone": "dirnet", "grid_spacing": 12}},
-                                   "evaluate": {"methods": ["before", "a", "zz"]}}})
+                                               "c": {"backbone": "dirnet", "grid_spacing": 12},
+                                               "elastix": {}},
+                                   "evaluate": {"methods": ["before", "a", "zz", "ants_syn"]}}})
     text = str(err.value)
     for expected in ("brain dataset 'oasis' is not defined", "brain.datasets.mni: the name is also a histology",
                      "brain.methods.a: maps: none needs lambda_seg: 0", "brain.methods.b: manual labels",
                      "brain.methods.c: grid_spacing must be a power of 2", "'zz' is neither `before`",
+                     "brain.methods.elastix: 'elastix' is a built-in column",
                      "brain.datasets.empty: needs `volumes` or `subjects`"):
         assert expected in text, text
+    assert "'ants_syn' is neither" not in text                        # a baseline is a Table 2 column
