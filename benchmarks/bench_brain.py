@@ -35,11 +35,15 @@ def run(workdir: Path, cores: int, baselines: bool) -> float:
     workdir.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "snakemake", "brain", "-s", str(ROOT / "Snakefile"), "--directory", str(workdir),
            "--cores", str(cores)]
-    if baselines:
-        methods = yaml.safe_load((ROOT / "config.yaml").read_text())["brain"]["evaluate"]["methods"]
-        cfg = workdir / "bench_brain_config.yaml"
-        cfg.write_text(yaml.safe_dump({"brain": {"evaluate": {"methods": methods + BASELINES}}}))
-        cmd += ["--configfile", str(cfg)]
+    brain = yaml.safe_load((ROOT / "config.yaml").read_text())["brain"]
+    # config.yaml's volume paths are relative to the repository (../shared/...); the run is elsewhere
+    datasets = {name: {**ds, "volumes": [{k: str((ROOT / v).resolve()) if v else v for k, v in vol.items()}
+                                         for vol in ds.get("volumes") or []]}
+                for name, ds in brain["datasets"].items()}
+    methods = brain["evaluate"]["methods"] + (BASELINES if baselines else [])
+    cfg = workdir / "bench_brain_config.yaml"
+    cfg.write_text(yaml.safe_dump({"brain": {"datasets": datasets, "evaluate": {"methods": methods}}}))
+    cmd += ["--configfile", str(cfg)]
     started = time.perf_counter()
     subprocess.run(cmd, check=True)
     seconds = time.perf_counter() - started
@@ -84,7 +88,7 @@ def main() -> int:
              "AAL atlas; axial slices 40..127 every 3rd, 2x in-plane zoom to 2 mm pixels, 3 simulated "
              "deformations of up to 10 mm per slice; 1,500 training iterations per method on CPU"
              + (f"; plus the baselines {', '.join(BASELINES)} with registration.baselines' settings)"
-                if (workdir / "bench_brain_config.yaml").exists() else ")"),
+                if any(b in table_md for b in BASELINES) else ")"),
              f"- Wall time of the whole run: {wall / 60:.1f} min" if wall else "- Wall time: not measured",
              "", "Time per stage (Snakemake `benchmark:` files, seconds, peak resident memory MB):", "",
              "| stage | job | s | peak MB |", "|---|---|---|---|"]

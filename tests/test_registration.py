@@ -3,8 +3,9 @@
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
-from srnet_core.registration.losses import DiffusionRegulariser, LocalNCC, SRNetLoss, SegmentationLoss
+from srnet_core.registration.losses import DiffusionRegulariser, LocalNCC, SRNetLoss, SegmentationLoss, box_sum
 from srnet_core.registration.network import RegistrationUNet, RegNetConfig
 from srnet_core.registration.transform import Transform, sample_field
 from srnet_core.registration.warp import SpatialTransformer
@@ -49,6 +50,28 @@ def test_local_ncc_values_and_flat_patches():
     assert torch.isfinite(value) and value.item() == pytest.approx(1.0)
     with pytest.raises(ValueError, match="shapes differ"):
         ncc(a, a[..., :-1])
+
+
+@pytest.mark.parametrize("spatial_dims,shape,window", [(2, (2, 3, 37, 64), 9), (2, (1, 1, 5, 300), 7),
+                                                       (3, (1, 2, 9, 11, 13), 5)])
+def test_box_sum_equals_a_zero_padded_ones_convolution(spatial_dims, shape, window):
+    """The cumulative-sum window sums match the grouped ones-kernel convolution they replace, values and
+    gradients (borders included: zero padding, a window wider than an axis)."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(shape, generator=gen, dtype=torch.float64, requires_grad=True)
+    weight = torch.rand(shape, generator=gen, dtype=torch.float64)
+    conv = F.conv2d if spatial_dims == 2 else F.conv3d
+    kernel = torch.ones((shape[1], 1) + (window,) * spatial_dims, dtype=torch.float64)
+    expected = conv(x, kernel, padding=window // 2, groups=shape[1])
+    (expected_grad,) = torch.autograd.grad((expected * weight).sum(), x)
+    got = box_sum(x, window, spatial_dims)
+    (got_grad,) = torch.autograd.grad((got * weight).sum(), x)
+    assert got.shape == expected.shape
+    assert torch.allclose(got, expected, atol=1e-10) and torch.allclose(got_grad, expected_grad, atol=1e-10)
+    # float32 input: summed in float64, returned in float32 within float32 rounding
+    x32 = x.detach().float()
+    assert box_sum(x32, window, spatial_dims).dtype == torch.float32
+    assert torch.allclose(box_sum(x32, window, spatial_dims).double(), expected.detach(), atol=1e-5)
 
 
 def test_diffusion_regulariser_on_known_fields():

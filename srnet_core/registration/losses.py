@@ -21,6 +21,24 @@ def _check_pair(a: torch.Tensor, b: torch.Tensor, spatial_dims: int, name: str) 
         raise ValueError(f"{name}: expected (N, C, *{spatial_dims} spatial dims), got {tuple(a.shape)}")
 
 
+def box_sum(x: torch.Tensor, window: int, spatial_dims: int) -> torch.Tensor:
+    """Sum of `x` over the window of `window` pixels centred on every pixel (zero outside the image),
+    per channel: what a convolution with a ones kernel and `window // 2` zero padding gives, computed
+    as differences of cumulative sums along each spatial axis. That is O(1) per pixel whatever the
+    window, and its backward pass is another cumulative sum: on CPU the grouped convolution's backward
+    took ~90 % of an instance-optimisation step (1-channel 173 x 256 image: 27.5 ms against 2.5 ms
+    forward + backward). The sums run in float64, since the variances NCC derives from them cancel
+    digits that float32 prefix sums over a long row would have lost."""
+    out = x.double()
+    before, after = window // 2 + 1, window // 2
+    for axis in range(x.ndim - spatial_dims, x.ndim):
+        pad = [0, 0] * (x.ndim - 1 - axis) + [before, after]        # F.pad lists the last axis first
+        prefix = F.pad(out, pad).cumsum(axis)
+        n = prefix.shape[axis] - window
+        out = prefix.narrow(axis, window, n) - prefix.narrow(axis, 0, n)
+    return out.to(x.dtype)
+
+
 class LocalNCC(nn.Module):
     """Mean local normalised cross-correlation over windows of `window` pixels (VoxelMorph's form:
     cross^2 / (var_a var_b + eps)), in [0, 1]; flat patches give 0, never NaN. The loss is 1 - NCC.
@@ -32,13 +50,9 @@ class LocalNCC(nn.Module):
 
     def ncc(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         _check_pair(a, b, self.spatial_dims, "LocalNCC")
-        conv = F.conv2d if self.spatial_dims == 2 else F.conv3d
-        c = a.shape[1]
-        kernel = torch.ones((c, 1) + (self.window,) * self.spatial_dims, device=a.device, dtype=a.dtype)
-        pad = self.window // 2
 
         def box(x):
-            return conv(x, kernel, padding=pad, groups=c)
+            return box_sum(x, self.window, self.spatial_dims)
 
         # statistics over the pixels each window really covers (fewer at the borders), so NCC is
         # exactly invariant to gain and offset everywhere
