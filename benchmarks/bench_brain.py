@@ -25,10 +25,10 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import ROOT, machine, write_section  # noqa: E402
 
+sys.path.insert(0, str(ROOT))
+from srnet_core.names import BASELINES  # noqa: E402
+
 START, END = "<!-- bench_brain:start -->", "<!-- bench_brain:end -->"
-
-
-BASELINES = ["ants_syn", "elastix"]
 
 
 def run(workdir: Path, cores: int, baselines: bool) -> float:
@@ -40,7 +40,7 @@ def run(workdir: Path, cores: int, baselines: bool) -> float:
     datasets = {name: {**ds, "volumes": [{k: str((ROOT / v).resolve()) if v else v for k, v in vol.items()}
                                          for vol in ds.get("volumes") or []]}
                 for name, ds in brain["datasets"].items()}
-    methods = brain["evaluate"]["methods"] + (BASELINES if baselines else [])
+    methods = brain["evaluate"]["methods"] + (list(BASELINES) if baselines else [])
     cfg = workdir / "bench_brain_config.yaml"
     cfg.write_text(yaml.safe_dump({"brain": {"datasets": datasets, "evaluate": {"methods": methods}}}))
     cmd += ["--configfile", str(cfg)]
