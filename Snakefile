@@ -36,6 +36,22 @@ include: "rules/aggregate.smk"
 include: "rules/brain.smk"
 
 
+# On a cluster these run in the Snakemake process itself (the login node), not as batch jobs: each
+# takes a second or two, so a job's submission, start and status polls would cost more than its work
+# (ANHIR's evaluation alone is 481 pairs x 6 methods), and compute nodes often cannot reach the
+# internet that `download` needs. `local-cores` in profiles/slurm bounds what they use there.
+localrules:
+    all,
+    brain,
+    demo_dataset,
+    download,
+    dataset,
+    segmentation_done,
+    evaluate,
+    tables,
+    submission,
+
+
 rule all:
     default_target: True
     input:

@@ -418,6 +418,7 @@ def status() -> str:
 # -------------------------------------------------------------------------------- the test profile
 
 GPU_RULES = ("pretrain_fgsn", "extract_features", "train_registration", "register")
+THREADED_RULES = ("pretrain_fgsn", "extract_features", "fit_codebook", "train_registration")  # threads: 2
 
 
 def derived_profile(fast_polling: bool = True) -> dict:
@@ -448,6 +449,10 @@ def derived_profile(fast_polling: bool = True) -> dict:
     profile["set-resources"] = {name: adapt(res) for name, res in set_resources.items()}
     for name in GPU_RULES:  # the rules' own gpu=1 would make the plugin ask for --gpus=1
         profile["set-resources"].setdefault(name, {})["gpu"] = 0
+    # Every rule on one CPU: on a 2-CPU node a 2-thread job holds the whole node, so the nine feature
+    # extractions would run one after the other while one-CPU jobs run two at a time.
+    if (os.cpu_count() or 1) <= 2:
+        profile["set-threads"] = {name: 1 for name in THREADED_RULES}
     profile["latency-wait"] = 10
     profile["slurm-keep-successful-logs"] = True
     if fast_polling:

@@ -16,6 +16,17 @@ def test_known_transform_inverts_exactly():
     np.testing.assert_allclose(t.fixed_to_moving(p), q, atol=1e-8)
 
 
+def test_separable_grid_evaluation_equals_the_pointwise_transform():
+    """render_moving evaluates the Gaussian bumps separably on each block of rows."""
+    rng = np.random.default_rng(3)
+    t = random_transform(rng, (640, 480), (600, 500))
+    xs, ys = np.arange(0, 640, 7.0), np.arange(100, 356, 5.0)
+    qx, qy = np.meshgrid(xs, ys)
+    pointwise = t.moving_to_fixed(np.stack([qx.ravel(), qy.ravel()], axis=1))
+    np.testing.assert_allclose(t.moving_to_fixed_grid(xs, ys), pointwise, rtol=0, atol=1e-9)
+    assert np.abs(t.elastic_grid(xs, ys)).max() > 1.0           # the elastic part is not negligible
+
+
 def test_render_moving_follows_the_transform():
     rng = np.random.default_rng(1)
     fixed = np.full((300, 400, 3), 255, np.uint8)

@@ -23,12 +23,16 @@ from conftest import REPO
 
 pytestmark = [pytest.mark.slurm, pytest.mark.workflow]
 
-# Small and fast: few training iterations, few refinement steps, one learned method.
+# Small and fast: few training iterations, few refinement steps, one refined affine start, three
+# reference sets for the gap statistic, one learned method.
 SMALL_CONFIG = {
-    "segmentation": {"pretrain": {"iterations": 30}},
-    "registration": {"train": {"iterations": 20}, "infer": {"instance_steps": 10}},
+    "segmentation": {"pretrain": {"iterations": 10}, "clustering": {"references": 3}},
+    "registration": {"affine": {"refine_top": 1, "iterations": 50},
+                     "train": {"iterations": 20}, "infer": {"instance_steps": 10}},
     "evaluate": {"methods": ["initial", "affine", "srnet"]},
 }
+# Light rules that run on the node running Snakemake (the Snakefile's `localrules`), in this run.
+LOCAL_RULES = {"all", "demo_dataset", "dataset", "evaluate", "segmentation_done", "tables", "submission"}
 SUBMITTED = re.compile(r"Job (\d+) has been submitted with SLURM jobid (\d+) \(log: (\S+)\)\.")
 
 
@@ -87,11 +91,14 @@ def test_demo_through_slurm_profile(slurm, tmp_path):
         steps = re.findall(r"^(?:local)?(?:rule|checkpoint) (\w+):", text, flags=re.M)
         assert "--executor slurm-jobstep" in text and set(steps) == {rule}, (log, steps)
         jobs.append((rule, log.parent.name, slurm_id, log))
+    # The light rules (the Snakefile's `localrules`) ran in the main process, every other job in SLURM.
     finished = sorted(re.findall(r"Finished jobid: \d+ \(Rule: (\w+)\)", output))
-    assert sorted(rule for rule, *_ in jobs) == [r for r in finished if r != "all"], "jobs outside SLURM"
+    ran_locally = re.findall(r"^local(?:rule|checkpoint) (\w+):", output, flags=re.M)
+    assert set(ran_locally) == LOCAL_RULES, ran_locally
+    assert sorted(rule for rule, *_ in jobs) == [r for r in finished if r not in LOCAL_RULES], "jobs outside SLURM"
     rules = {rule for rule, *_ in jobs}
-    for rule in ("demo_dataset", "prepare", "pretrain_fgsn", "extract_features", "fit_codebook", "segment",
-                 "affine", "train_registration", "register", "evaluate", "tables"):
+    for rule in ("prepare", "pretrain_fgsn", "extract_features", "fit_codebook", "segment",
+                 "affine", "train_registration", "register"):
         assert rule in rules, f"no SLURM job for rule {rule}"
     train_log = next(log for rule, _, _, log in jobs if rule == "train_registration").read_text()
     assert "1 of 1 steps (100%) done" in train_log
