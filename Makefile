@@ -38,11 +38,8 @@ demo: $(STAMP)
 	@echo "HTML report (tables, box plots, overlays, gap curve): results/report.html"
 	@cat results/demo/tables/median_rtre.md
 
-# Two workers (pytest-xdist): the SLURM test mostly waits on its jobs, and CI has two cores.
-# TEST_WORKERS=0 runs everything in this process; tests/conftest.py orders and groups the tests.
-TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # Table 2 of the brain MRI track (needs the volumes named under brain.datasets in config.yaml)
 brain: $(STAMP)

@@ -97,39 +97,3 @@ def run_snakemake(workdir: Path, *args: str, timeout: float = 600) -> subprocess
     cmd = [sys.executable, "-m", "snakemake", "-s", os.fspath(REPO / "Snakefile"),
            "--directory", os.fspath(workdir), "--cores", "2", *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-
-
-# ---- parallel runs (pytest-xdist: `make test` runs two workers, --dist loadgroup --no-loadscope-reorder)
-
-# Longest first (seconds on CI's 2-core machine), so that the workers finish together instead of one
-# starting the demo workflow when the other is done. Matched as node-id prefixes. xdist hands each
-# worker one more unit while it has two tests or fewer queued: the demo and the SLURM test start on
-# one worker each, the BIRL group (3 tests) and the brain workflow queue up behind them.
-SLOWEST_FIRST = (
-    "tests/test_workflow.py::test_demo_end_to_end",    # ~580 s: the default demo workflow
-    "tests/test_slurm.py",                             # the demo through SLURM, mostly waiting on jobs
-    "tests/test_reliability.py",                       # with the shared BIRL run (group birl_run)
-    "tests/test_workflow.py::test_srnet_on_the_real_birl_pairs",
-    "tests/test_workflow.py::test_baselines_join",
-    "tests/test_brain_workflow.py",
-    "tests/test_segmentation.py",
-    "tests/test_workflow.py",
-    "tests/test_demo.py",
-)
-# Modules whose tests share a module-scoped fixture worth computing once: one worker runs them all.
-SHARED_MODULE_FIXTURES = ("test_backbones.py", "test_demo.py", "test_fgsn.py", "test_segmentation.py",
-                          "test_slides.py")
-
-
-@pytest.hookimpl(tryfirst=True)      # before xdist reads the xdist_group marks
-def pytest_collection_modifyitems(config, items):
-    def rank(item):
-        return next((i for i, prefix in enumerate(SLOWEST_FIRST) if item.nodeid.startswith(prefix)),
-                    len(SLOWEST_FIRST))
-
-    for item in items:
-        if "birl_run" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.xdist_group("birl_run"))     # one shared BIRL run, one worker
-        elif item.path.name in SHARED_MODULE_FIXTURES:
-            item.add_marker(pytest.mark.xdist_group(item.path.stem))
-    items.sort(key=rank)
