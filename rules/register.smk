@@ -71,7 +71,9 @@ rule register:
         method=alternation(["affine"] + list(config["registration"]["methods"])),
     params:
         method=lambda wc: method_settings(wc.method) if wc.method != "affine" else None,
-        infer={k: v for k, v in config["registration"]["infer"].items() if k != "warp_slide"},
+        infer=lambda wc: None if wc.method == "affine" else {
+            k: v for k, v in config["registration"]["infer"].items() if k != "warp_slide"
+        },
         downsample=config["registration"]["downsample"],
         moving_landmarks=lambda wc: pair_record(wc)["moving_landmarks_path"],
         missing_landmarks=lambda wc: ds_config(wc.dataset)["missing_landmarks"],

@@ -12,6 +12,7 @@ from jsonschema import Draft202012Validator, validators
 from .names import BASELINES
 
 SCHEMA_FILE = "config.schema.yaml"
+_SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 class ConfigError(ValueError):
@@ -19,10 +20,9 @@ class ConfigError(ValueError):
 
 
 def load_schema() -> dict:
-    # libyaml's loader when present: the schema is read at every Snakemake start (twice per cluster
-    # job), and the pure-Python loader takes ~0.2 s of it
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-    return yaml.load(resources.files("srnet_core").joinpath(SCHEMA_FILE).read_text(), Loader=loader)
+    # libyaml's safe loader when present: the schema is read at every Snakemake start (twice per
+    # cluster job), and the pure-Python loader takes ~0.2 s of it
+    return yaml.load(resources.files("srnet_core").joinpath(SCHEMA_FILE).read_text(), Loader=_SafeLoader)
 
 
 def _with_defaults(cls):

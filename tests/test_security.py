@@ -55,5 +55,8 @@ def test_no_unsafe_deserialisation_in_the_code():
                     if not safe:
                         problems.append(f"{path}:{node.lineno}: torch.load without weights_only=True")
                 if name == "load" and isinstance(func, ast.Attribute) and getattr(func.value, "id", "") == "yaml":
-                    problems.append(f"{path}:{node.lineno}: yaml.load (use safe_load)")
+                    loader = next((k.value for k in node.keywords if k.arg == "Loader"), None)
+                    loader_name = getattr(loader, "attr", None) or getattr(loader, "id", "")
+                    if not loader_name.endswith("SafeLoader"):      # SafeLoader or libyaml's CSafeLoader
+                        problems.append(f"{path}:{node.lineno}: yaml.load without a safe loader (use safe_load)")
     assert not problems, "\n".join(problems)

@@ -15,5 +15,7 @@ with logged(snakemake.log[0]):
                    out_field=out.field, out_landmarks=out.landmarks, out_overlay=out.overlay, out_timing=out.timing,
                    model=i.get("model"), method=p.method, codebook=i.get("codebook"), fixed_seg=i.get("fixed_seg"),
                    moving_seg=i.get("moving_seg"), moving_landmarks=p.moving_landmarks,
-                   missing_landmarks=p.missing_landmarks, instance_steps=p.infer["instance_steps"],
-                   instance_lr=p.infer["instance_lr"], downsample=p.downsample)
+                   missing_landmarks=p.missing_landmarks, downsample=p.downsample,
+                   **({} if p.infer is None else {"instance_steps": p.infer["instance_steps"],       # None: affine
+                                                   "instance_lr": p.infer["instance_lr"],
+                                                   "instance_lambda_smooth": p.infer["instance_lambda_smooth"]}))

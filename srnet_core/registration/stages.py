@@ -3,6 +3,7 @@ per pair, training per method, registration per pair and method, the warped full
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -85,8 +86,9 @@ def register_stage(*, fixed_prepared: str, moving_prepared: str, affine: str, pa
                    model: str | None = None, method: dict | None = None, codebook: str | None = None,
                    fixed_seg: str | None = None, moving_seg: str | None = None, moving_landmarks: str = "",
                    missing_landmarks: str = "error", instance_steps: int = 0, instance_lr: float = 0.2,
-                   downsample: int = 4) -> dict:
-    """Register one pair with `model` (None: the affine step alone, the `affine` column)."""
+                   instance_lambda_smooth: float | None = None, downsample: int = 4) -> dict:
+    """Register one pair with `model` (None: the affine step alone, the `affine` column).
+    `instance_lambda_smooth`: the regulariser's weight during instance optimisation (None: the method's)."""
     from .data import load_pair_stack
     from .infer import instance_optimise, predict_field
     from .train import MethodSettings, check_model_inputs, load_model
@@ -114,18 +116,21 @@ def register_stage(*, fixed_prepared: str, moving_prepared: str, affine: str, pa
     else:
         field = predict_field(loaded.model, stack, loaded.method.map_inputs, device)
     timing["seconds_predict"] = time.perf_counter() - t1
+    refine = configured or (loaded.method if loaded is not None else None)
+    if refine is not None and instance_lambda_smooth is not None:
+        refine = dataclasses.replace(refine, lambda_smooth=float(instance_lambda_smooth))
     if loaded is not None and instance_steps > 0:
         t2 = time.perf_counter()
-        field, losses = instance_optimise(field, stack, configured or loaded.method, instance_steps, instance_lr,
-                                          device)
+        field, losses = instance_optimise(field, stack, refine, instance_steps, instance_lr, device)
         timing["seconds_instance"] = time.perf_counter() - t2
-        log.info("%s: instance optimisation %d steps, loss %.4f -> %.4f", pair_id, instance_steps, losses[0],
-                 losses[-1])
+        log.info("%s: instance optimisation %d steps (lambda_smooth %.3g), loss %.4f -> %.4f", pair_id,
+                 instance_steps, refine.lambda_smooth, losses[0], losses[-1])
     coarse, field = field, stack.field_to_working(field)
     timing["seconds_register"] = time.perf_counter() - t1
     return write_registration(stack, field, coarse, pair_id, method_name, timing, t0, out_field, out_landmarks,
                               out_overlay, out_timing, moving_landmarks, missing_landmarks,
-                              {"model_sha256": loaded.sha256 if loaded else "", "instance_steps": instance_steps})
+                              {"model_sha256": loaded.sha256 if loaded else "", "instance_steps": instance_steps,
+                               "instance_lambda_smooth": refine.lambda_smooth if refine and instance_steps else ""})
 
 
 def write_registration(stack, field: np.ndarray, coarse: np.ndarray, pair_id: str, method_name: str, timing: dict,
