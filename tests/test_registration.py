@@ -107,6 +107,37 @@ def test_network_any_size_2d_and_3d():
         net(torch.randn(1, 3, 32, 32))
 
 
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_inference_layout_gives_the_training_layouts_field(spatial_dims):
+    """Eval mode runs channels-last (faster on CPU): same field as the default layout, for any input
+    layout, including a (1, C, ...) tensor that is NHWC in memory with a batch stride of C."""
+    torch.manual_seed(0)
+    net = RegistrationUNet(RegNetConfig(spatial_dims=spatial_dims, in_channels=4, encoder=[8, 8], decoder=[8, 8, 8]))
+    for conv in net.modules():
+        if isinstance(conv, (torch.nn.Conv2d, torch.nn.Conv3d)):
+            torch.nn.init.normal_(conv.weight, std=0.2)        # a non-trivial field, not ~0
+    spatial = (20, 28) if spatial_dims == 2 else (10, 12, 14)
+    channels_last = torch.randn(*spatial, 4)                     # as numpy arrays arrive (H, W, C)
+    x = channels_last.movedim(-1, 0)[None]                       # (1, C, ...) viewing NHWC memory
+    with torch.no_grad():
+        net.train()
+        expected = net(x.contiguous())
+        net.eval()
+        for inp in (x, x.contiguous()):
+            got = net(inp)
+            assert got.is_contiguous()
+            assert expected.abs().max() > 0.1
+            assert torch.allclose(got, expected, atol=1e-5 * float(expected.abs().max()))
+    net.eval()
+    net.flow.weight.data = net.flow.weight.data.contiguous()   # as a fresh model: converted on first use
+    with torch.inference_mode():
+        net(x)
+    net.train()                                                  # training after inference still works
+    loss = net(x.contiguous()).square().mean()
+    loss.backward()
+    assert torch.isfinite(net.flow.weight.grad).all()
+
+
 def test_optimising_a_field_recovers_a_known_shift():
     """Transformer + losses + direction together: a blob moved by (+3, -2) px is found by gradient
     descent on a free field; the field at the blob says (3, -2) to a tenth of a pixel."""
