@@ -120,7 +120,8 @@ def pair_times(workdir: Path, dataset: str) -> pd.DataFrame:
                      "fixed_seg": str(res / "segmentation" / f"{pair.fixed_id}.h5"),
                      "moving_seg": str(res / "segmentation" / f"{pair.moving_id}.h5"),
                      "downsample": config["registration"]["downsample"], "instance_lr": infer["instance_lr"],
-                     "instance_lambda_smooth": infer["instance_lambda_smooth"]}
+                     "instance_lambda_smooth": infer["instance_lambda_smooth"],
+                     "instance_levels": infer["instance_levels"]}
             if n == 0:                                   # warm-up: first-call costs are not per pair
                 register_stage(**srnet, **outs("warm"), instance_steps=0)
             plain = register_stage(**srnet, **outs("plain"), instance_steps=0)

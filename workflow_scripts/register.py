@@ -16,4 +16,4 @@ with logged(snakemake.log[0]):
                    model=i.get("model"), method=p.method, codebook=i.get("codebook"), fixed_seg=i.get("fixed_seg"),
                    moving_seg=i.get("moving_seg"), moving_landmarks=p.moving_landmarks,
                    missing_landmarks=p.missing_landmarks, downsample=p.downsample,
-                   **(p.infer or {}))     # instance_steps, instance_lr, instance_lambda_smooth (None: affine)
+                   **(p.infer or {}))     # instance_steps, _lr, _lambda_smooth, _levels (None: affine)

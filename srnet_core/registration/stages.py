@@ -86,9 +86,11 @@ def register_stage(*, fixed_prepared: str, moving_prepared: str, affine: str, pa
                    model: str | None = None, method: dict | None = None, codebook: str | None = None,
                    fixed_seg: str | None = None, moving_seg: str | None = None, moving_landmarks: str = "",
                    missing_landmarks: str = "error", instance_steps: int = 0, instance_lr: float = 0.2,
-                   instance_lambda_smooth: float | None = None, downsample: int = 4) -> dict:
+                   instance_lambda_smooth: float | None = None, instance_levels: int = 1,
+                   downsample: int = 4) -> dict:
     """Register one pair with `model` (None: the affine step alone, the `affine` column).
-    `instance_lambda_smooth`: the regulariser's weight during instance optimisation (None: the method's)."""
+    `instance_lambda_smooth`: the regulariser's weight during instance optimisation (None: the method's);
+    `instance_levels`: coarse-to-fine grids of instance optimisation (1: the registration grid only)."""
     from .data import load_pair_stack
     from .infer import instance_optimise, predict_field
     from .train import MethodSettings, check_model_inputs, load_model
@@ -121,16 +123,18 @@ def register_stage(*, fixed_prepared: str, moving_prepared: str, affine: str, pa
         refine = dataclasses.replace(refine, lambda_smooth=float(instance_lambda_smooth))
     if loaded is not None and instance_steps > 0:
         t2 = time.perf_counter()
-        field, losses = instance_optimise(field, stack, refine, instance_steps, instance_lr, device)
+        field, losses = instance_optimise(field, stack, refine, instance_steps, instance_lr, device,
+                                          instance_levels)
         timing["seconds_instance"] = time.perf_counter() - t2
-        log.info("%s: instance optimisation %d steps (lambda_smooth %.3g), loss %.4f -> %.4f", pair_id,
-                 instance_steps, refine.lambda_smooth, losses[0], losses[-1])
+        log.info("%s: instance optimisation %d steps x %d level(s) (lambda_smooth %.3g), loss %.4f -> %.4f",
+                 pair_id, instance_steps, instance_levels, refine.lambda_smooth, losses[0], losses[-1])
     coarse, field = field, stack.field_to_working(field)
     timing["seconds_register"] = time.perf_counter() - t1
     return write_registration(stack, field, coarse, pair_id, method_name, timing, t0, out_field, out_landmarks,
                               out_overlay, out_timing, moving_landmarks, missing_landmarks,
                               {"model_sha256": loaded.sha256 if loaded else "", "instance_steps": instance_steps,
-                               "instance_lambda_smooth": refine.lambda_smooth if refine and instance_steps else ""})
+                               "instance_lambda_smooth": refine.lambda_smooth if refine and instance_steps else "",
+                               "instance_levels": instance_levels if instance_steps else ""})
 
 
 def write_registration(stack, field: np.ndarray, coarse: np.ndarray, pair_id: str, method_name: str, timing: dict,
