@@ -1,7 +1,7 @@
 """Reliability promises tested against the real engine: a code change re-runs exactly the stages that
 run that code; a workflow killed with SIGKILL during feature extraction and during training completes
 when started again, training resumes from its checkpoint, and the tables equal those of an
-uninterrupted run; two clean runs give identical tables."""
+uninterrupted run (computed afresh in its own folder, so also a check that runs are deterministic)."""
 
 import os
 import shutil
@@ -80,15 +80,10 @@ def _kill_when(proc: subprocess.Popen, ready, what: str, limit: float = 600) -> 
     proc.wait(timeout=60)
 
 
-def test_killed_workflow_resumes_and_matches_uninterrupted_runs(tmp_path, birl_run):
-    """birl_run is one clean run; a second clean run and a run killed twice must give its tables."""
-    second = tmp_path / "clean"
-    second.mkdir()
-    (second / "cfg.yaml").write_text(yaml.safe_dump(BIRL_SHORT_RUN))
-    result = run_snakemake(second, f"--configfile={second / 'cfg.yaml'}")
-    assert result.returncode == 0, result.stderr[-3000:]
-    clean = [birl_run, second]
-
+def test_killed_workflow_resumes_and_matches_an_uninterrupted_run(tmp_path, birl_run):
+    """birl_run is one clean run; a run killed twice, in its own folder, must give its tables. Every
+    output of the killed run is computed afresh in other processes, so equal tables also show that
+    two runs are deterministic (a separate second clean run would add 100 s and nothing more)."""
     work = tmp_path / "killed"
     work.mkdir()
     cfg = work / "cfg.yaml"
@@ -107,9 +102,8 @@ def test_killed_workflow_resumes_and_matches_uninterrupted_runs(tmp_path, birl_r
     train_log = (work / "logs/train_registration/birl/srnet.log").read_text()
     assert "resuming training at iteration" in train_log, train_log[-2000:]
 
-    tables = [pd.read_csv(w / "results/birl/tables/median_rtre.csv", index_col=0) for w in clean + [work]]
-    pd.testing.assert_frame_equal(tables[0], tables[1])      # two clean runs: identical
-    pd.testing.assert_frame_equal(tables[0], tables[2])      # killed twice, resumed: identical
+    tables = [pd.read_csv(w / "results/birl/tables/median_rtre.csv", index_col=0) for w in (birl_run, work)]
+    pd.testing.assert_frame_equal(tables[0], tables[1])      # killed twice, resumed: identical
     per_pair = [pd.read_csv(w / "results/birl/tables/pairs.csv").drop(columns=["seconds"]).sort_values(
-        ["method", "pair_id"]).reset_index(drop=True) for w in clean + [work]]
-    pd.testing.assert_frame_equal(per_pair[0], per_pair[2])
+        ["method", "pair_id"]).reset_index(drop=True) for w in (birl_run, work)]
+    pd.testing.assert_frame_equal(per_pair[0], per_pair[1])
