@@ -24,6 +24,8 @@ rule fit_codebook:
     conda:
         "../envs/cluster.yaml"
     threads: 2
+    # the segmentation chain gates every map-using method's training: before other ready jobs
+    priority: 10
     resources:
         mem_mb=4000,
     script:
@@ -46,6 +48,8 @@ rule segment:
     conda:
         "../envs/cluster.yaml"
     threads: 1
+    # the segmentation chain gates every map-using method's training: before other ready jobs
+    priority: 10
     resources:
         mem_mb=3000,
     script:

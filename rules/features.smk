@@ -19,6 +19,8 @@ rule pretrain_fgsn:
     conda:
         "../envs/torch.yaml"
     threads: 2
+    # the segmentation chain gates every map-using method's training: before other ready jobs
+    priority: 10
     resources:
         mem_mb=4000,
         gpu=1,
@@ -42,6 +44,8 @@ rule extract_features:
     conda:
         "../envs/torch.yaml"
     threads: 2
+    # the segmentation chain gates every map-using method's training: before other ready jobs
+    priority: 10
     resources:
         gpu=1,
         mem_mb=4000,
