@@ -51,7 +51,6 @@ def instance_optimise(field: np.ndarray, stack: PairStack, method: MethodSetting
     for _ in range(levels - 1):
         shapes.insert(0, tuple(max(4, (n + 1) // 2) for n in shapes[0]))
     losses: list[float] = []
-    u = _resize_field(u, shapes[0])
     for level_shape in shapes:
         u = _resize_field(u, level_shape)
         level_images = [None if a is None else (a if level_shape == shape else

@@ -94,8 +94,8 @@ class RegistrationUNet(nn.Module):
         x = F.pad(x, pad, mode="replicate") if any(pad) else x
         if not self.training:
             # channels-last (NHWC) lets oneDNN run the convolutions without reordering each feature
-            # map: ~25 % faster inference at 1,024 px on CPU (docs/BENCHMARKS.md); same numbers to
-            # float rounding. Training keeps the default layout (its backward is not faster so).
+            # map: 1.34 -> 0.76 s for a 1,024 px grid on 2 CPU cores (docs/BENCHMARKS.md), same
+            # numbers to float rounding. Inference only: training was not measured in this layout.
             fmt = torch.channels_last if d == 2 else torch.channels_last_3d
             if not self.flow.weight.is_contiguous(memory_format=fmt):
                 # outside inference mode: the converted weights must stay usable for training later
