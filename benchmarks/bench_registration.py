@@ -7,7 +7,7 @@ What it does: builds a 1,024 x 1,024 pair (smoothed-noise densities, k = 6 soft 
 the default srnet network (RegNetConfig from the config defaults, 2 + 2k input channels), and times
 `predict_field` plus `field_to_working` (what the register rule does between loading and writing)
 for the default registration grid (downsample 4: 256 x 256) and for downsample 1 (1,024 x 1,024),
-median of 7 runs after one warm-up, torch.set_num_threads(2). Also times one training iteration
+and with `reflections` point and axes (2 and 4 passes) on the default grid, median of 7 runs after one warm-up, torch.set_num_threads(2). Also times one training iteration
 (batch 4, 128 px patches) and 100 instance-optimisation steps on the downsample-4 grid. Weights are
 untrained: the time does not depend on them.
 
@@ -76,6 +76,9 @@ def main() -> None:
         seconds = median_time(lambda: stack.field_to_working(predict_field(model, stack, True)))
         rows.append((downsample, stack.shape, seconds))
     stack4 = make_stack(1024, k, 4)
+    mirrored = {mode: median_time(lambda: stack4.field_to_working(predict_field(model, stack4, True,
+                                                                                 reflections=mode)))
+                for mode in ("point", "axes")}
     instance = median_time(lambda: instance_optimise(np.zeros((2, 256, 256), np.float32), stack4, method, 100),
                            runs=3)
     settings = TrainSettings()
@@ -99,7 +102,9 @@ def main() -> None:
     for downsample, shape, seconds in rows:
         lines.append(f"| downsample {downsample} ({shape[1]} x {shape[0]}) | {seconds:.3f} s | "
                      f"{verdict(seconds, 1.0, 's')} |")
-    lines += ["", f"- 100 instance-optimisation steps on the 256 x 256 grid (default `instance_steps`): "
+    lines += ["", "- `infer.reflections` on the default 256 x 256 grid (passes of the network averaged): "
+                  + ", ".join(f"{mode} {seconds:.3f} s" for mode, seconds in mirrored.items()),
+              f"- 100 instance-optimisation steps on the 256 x 256 grid (default `instance_steps`): "
                   f"{instance:.2f} s",
               f"- one training iteration (batch 4, 128 px patches, srnet loss, Adam): {train_step:.3f} s", END]
     text = "\n".join(lines) + "\n"

@@ -121,7 +121,7 @@ def pair_times(workdir: Path, dataset: str) -> pd.DataFrame:
                      "moving_seg": str(res / "segmentation" / f"{pair.moving_id}.h5"),
                      "downsample": config["registration"]["downsample"], "instance_lr": infer["instance_lr"],
                      "instance_lambda_smooth": infer["instance_lambda_smooth"],
-                     "instance_levels": infer["instance_levels"]}
+                     "instance_levels": infer["instance_levels"], "reflections": infer["reflections"]}
             if n == 0:                                   # warm-up: first-call costs are not per pair
                 register_stage(**srnet, **outs("warm"), instance_steps=0)
             plain = register_stage(**srnet, **outs("plain"), instance_steps=0)

@@ -114,6 +114,7 @@ rule brain_register:
         method=alternation(list(config["brain"]["methods"])),
     params:
         split=config["brain"]["evaluate"]["split"],
+        reflections=config["brain"]["evaluate"]["reflections"],
         code=script_code("brain_register.py"),
     log:
         "logs/brain_register/{dataset}/{method}.log",

@@ -6,7 +6,8 @@ import torch
 
 from srnet_core.errors import InputError
 from srnet_core.h5io import read_field, write_field
-from srnet_core.registration.infer import _resize_field, instance_optimise, warp_slide
+from srnet_core.registration.infer import (_resize_field, instance_optimise, reflection_averaged_field,
+                                          reflection_axes, warp_slide)
 from srnet_core.registration.train import MethodSettings
 from srnet_core.registration.transform import Transform
 from srnet_core.registration.warp import SpatialTransformer
@@ -35,6 +36,38 @@ def test_known_translation_is_recovered():
     field, _ = instance_optimise(np.zeros_like(shift), stack, method, steps=300, lr=0.1)
     inner = (slice(None), slice(10, -10), slice(10, -10))
     assert np.median(np.hypot(*(field - shift)[inner])) < 0.5
+
+
+class _OffsetNetwork(torch.nn.Module):
+    """Stands in for a network with a learned global offset: its field is a centred linear field
+    (which mirroring maps onto itself: what an equivariant network would return) plus a constant."""
+
+    def __init__(self, offset, gain):
+        super().__init__()
+        self.offset, self.gain = offset, gain
+
+    def forward(self, x):
+        centred = torch.meshgrid(*[torch.arange(n, dtype=x.dtype) - (n - 1) / 2 for n in x.shape[2:]],
+                                 indexing="ij")[::-1]                        # x, y(, z)
+        field = torch.stack([g * c + o for g, c, o in zip(self.gain, centred, self.offset)])
+        return field[None].expand(x.shape[0], -1, *x.shape[2:])
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_reflection_averaging_cancels_a_network_offset_and_keeps_the_rest(spatial_dims):
+    offset, gain = [0.4, -0.7, 1.1][:spatial_dims], [0.05, -0.02, 0.03][:spatial_dims]
+    network = _OffsetNetwork(offset, gain)
+    x = torch.rand(1, 3, *([9, 12, 7][:spatial_dims]))
+    unbiased = _OffsetNetwork([0.0] * spatial_dims, gain)(x)
+    assert len(reflection_axes("axes", spatial_dims)) == 2 ** spatial_dims
+    none = reflection_averaged_field(network, x, "none")
+    assert (none - unbiased).flatten(2).mean(2)[0].tolist() == pytest.approx(offset, abs=1e-6)
+    for mode in ("point", "axes"):
+        # every component's offset cancels; a wrong sign or component for one axis would leave it
+        # (or flip the linear part) for that axis
+        assert torch.allclose(reflection_averaged_field(network, x, mode), unbiased, atol=1e-6), mode
+    with pytest.raises(ValueError, match="reflections must be one of"):
+        reflection_averaged_field(network, x, "mirror")
 
 
 def test_field_resizing_keeps_the_mapping_of_points():

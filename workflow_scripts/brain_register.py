@@ -7,4 +7,5 @@ from srnet_core.brain.stages import register_stage
 
 with logged(snakemake.log[0]):
     register_stage(snakemake.input.slices, snakemake.input.get("maps") or None, snakemake.input.model,
-                   snakemake.wildcards.method, snakemake.output[0], split=snakemake.params.split)
+                   snakemake.wildcards.method, snakemake.output[0], split=snakemake.params.split,
+                   reflections=snakemake.params.reflections)

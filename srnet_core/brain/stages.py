@@ -154,10 +154,12 @@ def _device_name(device) -> str:
 
 
 def register_stage(slices_h5: str, maps_h5: str | None, model_path: str, method_name: str, out_h5: str,
-                   split: str = "test") -> dict:
+                   split: str = "test", reflections: str = "none") -> dict:
     """Register every pair of `split` with a trained model; time per pair = network input assembly,
-    the forward pass and warping the moving image and labels (the model load and one warm-up pass
-    excluded), measured per pair on the device named in the file."""
+    the forward pass (one per mirrored copy with `reflections`, see
+    registration.infer.reflection_averaged_field) and warping the moving image and labels (the model
+    load and one warm-up pass excluded), measured per pair on the device named in the file."""
+    from ..registration.infer import reflection_averaged_field
     from ..registration.train import load_model
     from ..registration.warp import SpatialTransformer
     from ..segmentation.fgsn import pick_device
@@ -190,7 +192,7 @@ def register_stage(slices_h5: str, maps_h5: str | None, model_path: str, method_
         moving = torch.from_numpy(slices.moving[i])[None, None].to(device)
         labels = torch.from_numpy(slices.moving_labels[i].astype(np.float32))[None, None].to(device)
         with torch.inference_mode():
-            flow = model(x)
+            flow = reflection_averaged_field(model, x, reflections)
             warped = stn(moving, flow)
             warped_labels = stn_nearest(labels, flow)
         out = flow[0].cpu().numpy(), warped[0, 0].cpu().numpy(), warped_labels[0, 0].cpu().numpy()
@@ -199,7 +201,7 @@ def register_stage(slices_h5: str, maps_h5: str | None, model_path: str, method_
         return out
 
     run(indices[0])                                   # warm-up: allocations, kernel selection
-    attrs = {"method": method_name, "split": split, "device": _device_name(device),
+    attrs = {"method": method_name, "split": split, "device": _device_name(device), "reflections": reflections,
              "model_sha256": loaded.sha256, "slices_sha256": sha256_of(slices_h5)}
     return register_all(slices, indices, run, out_h5, attrs)
 

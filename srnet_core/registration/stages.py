@@ -86,11 +86,12 @@ def register_stage(*, fixed_prepared: str, moving_prepared: str, affine: str, pa
                    model: str | None = None, method: dict | None = None, codebook: str | None = None,
                    fixed_seg: str | None = None, moving_seg: str | None = None, moving_landmarks: str = "",
                    missing_landmarks: str = "error", instance_steps: int = 0, instance_lr: float = 0.2,
-                   instance_lambda_smooth: float | None = None, instance_levels: int = 1,
+                   instance_lambda_smooth: float | None = None, instance_levels: int = 1, reflections: str = "none",
                    downsample: int = 4) -> dict:
     """Register one pair with `model` (None: the affine step alone, the `affine` column).
     `instance_lambda_smooth`: the regulariser's weight during instance optimisation (None: the method's);
-    `instance_levels`: coarse-to-fine grids of instance optimisation (1: the registration grid only)."""
+    `instance_levels`: coarse-to-fine grids of instance optimisation (1: the registration grid only);
+    `reflections`: the network's field averaged over mirrored inputs (infer.reflection_averaged_field)."""
     from .data import load_pair_stack
     from .infer import instance_optimise, predict_field
     from .train import MethodSettings, check_model_inputs, load_model
@@ -116,7 +117,7 @@ def register_stage(*, fixed_prepared: str, moving_prepared: str, affine: str, pa
     if loaded is None:
         field = np.zeros((2,) + tuple(stack.shape), np.float32)
     else:
-        field = predict_field(loaded.model, stack, loaded.method.map_inputs, device)
+        field = predict_field(loaded.model, stack, loaded.method.map_inputs, device, reflections)
     timing["seconds_predict"] = time.perf_counter() - t1
     refine = configured or (loaded.method if loaded is not None else None)
     if refine is not None and instance_lambda_smooth is not None:
@@ -134,7 +135,8 @@ def register_stage(*, fixed_prepared: str, moving_prepared: str, affine: str, pa
                               out_overlay, out_timing, moving_landmarks, missing_landmarks,
                               {"model_sha256": loaded.sha256 if loaded else "", "instance_steps": instance_steps,
                                "instance_lambda_smooth": refine.lambda_smooth if refine and instance_steps else "",
-                               "instance_levels": instance_levels if instance_steps else ""})
+                               "instance_levels": instance_levels if instance_steps else "",
+                               "reflections": reflections if loaded else ""})
 
 
 def write_registration(stack, field: np.ndarray, coarse: np.ndarray, pair_id: str, method_name: str, timing: dict,
