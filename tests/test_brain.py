@@ -158,7 +158,7 @@ def test_table2_layout_from_per_pair_scores():
     assert "| HD95 (mm) | 3.50 ± 0.50 | 2.00 ± 0.50 | 3.00 ± 0.50 |" in md
     assert "| Time (s) | – | 0.0100 | 1.5000 |" in md
     # each timed column says where and what was timed: networks and baselines are timed differently
-    assert "srnet on cpu (test) (forward pass and warping, model load excluded)" in md
+    assert "srnet on cpu (test) (forward passes (brain.evaluate.reflections) and warping, model load excluded)" in md
     assert "elastix on cpu (2 threads) (the tool's registration" in md
 
 

@@ -307,7 +307,8 @@ def table2_markdown(table: pd.DataFrame, title: str, split: str) -> str:
     lines.append("| Time (s) | " + " | ".join("–" if pd.isna(t.at[m, "seconds"]) else f"{t.at[m, 'seconds']:.4f}"
                                             for m in methods) + " |")
     notes = []
-    for baseline, what in ((False, "forward pass and warping, model load excluded"),
+    for baseline, what in ((False, "forward passes (brain.evaluate.reflections) and warping, model load "
+                                   "excluded"),
                            (True, "the tool's registration, its transform turned into a field, and warping; "
                                   "library load excluded")):
         timed = [m for m in methods if (m in BASELINES) == baseline and isinstance(t.at[m, "device"], str)
