@@ -73,6 +73,7 @@ checkpoint dataset:
         table=lambda wc: cover_table(wc.dataset),
         root=lambda wc: ds_config(wc.dataset)["root"],
         strip_prefix=lambda wc: ds_config(wc.dataset)["strip_prefix"],
+        tissues=lambda wc: ds_config(wc.dataset)["tissues"],
         code=script_code("dataset.py"),
     log:
         "logs/dataset/{dataset}.log",

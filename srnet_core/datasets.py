@@ -139,6 +139,18 @@ def read_cover_table(table: str | os.PathLike, root: str | os.PathLike,
     return pairs
 
 
+def select_tissues(pairs: pd.DataFrame, tissues: list[str] | None, table: str | os.PathLike) -> pd.DataFrame:
+    """The pairs of the named tissues only (None: all). A name the table does not have is an error
+    that lists the ones it has: a typo must not silently run an empty or partial dataset."""
+    if tissues is None:
+        return pairs
+    present = sorted(set(pairs["tissue"]))
+    unknown = [t for t in tissues if t not in present]
+    if unknown:
+        raise InputError(table, f"no pairs of tissue(s) {unknown}; the table's tissues are {present}")
+    return pairs[pairs["tissue"].isin(tissues)].reset_index(drop=True)
+
+
 def images_of(pairs: pd.DataFrame, root: str | os.PathLike) -> pd.DataFrame:
     """One row per distinct image (image_id, rel, path, error): what the prepare stage fans out over."""
     root = os.fspath(root)

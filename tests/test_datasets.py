@@ -3,7 +3,8 @@ import os
 import pandas as pd
 import pytest
 
-from srnet_core.datasets import images_of, image_id, pair_id, read_cover_table, read_pairs, tissue_of
+from srnet_core.datasets import (images_of, image_id, pair_id, read_cover_table, read_pairs, select_tissues,
+                                 tissue_of)
 from srnet_core.errors import InputError
 
 def test_real_anhir_table_parses_into_tissue_groups(anhir_table, tmp_path):
@@ -27,6 +28,22 @@ def test_real_anhir_table_parses_into_tissue_groups(anhir_table, tmp_path):
     images = images_of(pairs, tmp_path)
     assert images["image_id"].is_unique
     assert set(images["rel"]) == set(pairs["fixed"]) | set(pairs["moving"])
+
+
+def test_tissue_selection_keeps_those_pairs_their_images_and_rows(anhir_table, tmp_path):
+    pairs = read_cover_table(anhir_table, tmp_path)
+    assert select_tissues(pairs, None, anhir_table) is pairs
+    chosen = select_tissues(pairs, ["lung-lesion", "COAD"], anhir_table)
+    expected = pairs[pairs["tissue"].isin(["lung-lesion", "COAD"])]
+    assert len(chosen) == len(expected) > 0 and set(chosen["tissue"]) == {"lung-lesion", "COAD"}
+    assert list(chosen["pair_id"]) == list(expected["pair_id"])
+    assert list(chosen["row"]) == list(expected["row"])          # ANHIR's row numbers, for submissions
+    images = images_of(chosen, tmp_path)
+    assert set(images["rel"]) == set(chosen["fixed"]) | set(chosen["moving"])
+    with pytest.raises(InputError, match=r"no pairs of tissue\(s\) \['lung'\]; the table's tissues are \['COAD', "
+                                         r"'breast'") as err:
+        select_tissues(pairs, ["lung", "COAD"], anhir_table)
+    assert str(anhir_table) in str(err.value)
 
 
 def test_pair_ids_are_stable_under_reordering(anhir_table, tmp_path):

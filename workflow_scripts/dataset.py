@@ -3,12 +3,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))
 from srnet_core.atomic import write_csv_atomic
-from srnet_core.datasets import images_of, read_cover_table
+from srnet_core.datasets import images_of, read_cover_table, select_tissues
 from srnet_core.logs import logged
 
 with logged(snakemake.log[0]) as log:
     p = snakemake.params
-    pairs = read_cover_table(p.table, p.root, strip_prefix=p.strip_prefix)
+    pairs = select_tissues(read_cover_table(p.table, p.root, strip_prefix=p.strip_prefix), p.tissues, p.table)
     images = images_of(pairs, p.root)
     write_csv_atomic(snakemake.output.pairs, pairs)
     write_csv_atomic(snakemake.output.images, images)
