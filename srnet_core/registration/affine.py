@@ -25,6 +25,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..optim import SingleTensorAdam
+
 log = logging.getLogger(__name__)
 
 
@@ -186,7 +188,7 @@ def _refine(fixed: torch.Tensor, moving: torch.Tensor, matrix: np.ndarray, setti
     size = float(max(fixed.shape[-2:]))
     scale = torch.tensor([[1.0, 1.0, size], [1.0, 1.0, size]])
     delta = torch.zeros(1, 2, 3, requires_grad=True)
-    opt = torch.optim.Adam([delta], lr=settings.lr)
+    opt = SingleTensorAdam(delta, lr=settings.lr)
     hw = tuple(fixed.shape[-2:])
     for _ in range(settings.iterations):
         loss = 1 - similarity(fixed, warp_affine(moving, base + delta * scale, hw))[0]

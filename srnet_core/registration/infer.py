@@ -13,6 +13,7 @@ import torch
 
 from ..atomic import atomic_path
 from ..coords import full_to_work, work_to_full
+from ..optim import SingleTensorAdam
 from .data import PairStack, network_input
 from .train import MethodSettings
 from .transform import Transform
@@ -117,7 +118,7 @@ def _optimise_field(u: torch.Tensor, fixed, moving, fixed_map, moving_map, loss_
                     lr: float) -> tuple[torch.Tensor, list[float]]:
     stn = SpatialTransformer(2)
     u = u.detach().clone().requires_grad_(True)
-    opt = torch.optim.Adam([u], lr=lr)
+    opt = SingleTensorAdam(u, lr=lr)
     losses = []
     for _ in range(steps):
         warped_map = stn(moving_map, u) if moving_map is not None else None
