@@ -8,6 +8,7 @@ so MSE and NCC compare like with like across an H&E / IHC pair.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass
@@ -55,6 +56,17 @@ class PairStack:
     @property
     def k(self) -> int:
         return 0 if self.fixed_map is None else self.fixed_map.shape[0]
+
+    def shrunk(self, factor: int) -> "PairStack":
+        """This stack area-averaged onto a grid `factor` times coarser (the working-grid stack -> the
+        registration grid, or the finer grid of instance optimisation); the masks by majority."""
+        if factor <= 1:
+            return self
+        return dataclasses.replace(
+            self, fixed=_shrink(self.fixed, factor), moving=_shrink(self.moving, factor),
+            fixed_map=None if self.fixed_map is None else _shrink(self.fixed_map, factor),
+            moving_map=None if self.moving_map is None else _shrink(self.moving_map, factor),
+            fixed_mask=_shrink(self.fixed_mask[None].astype(np.float32), factor)[0] > 0.5)
 
 
 def read_affine(path: str | os.PathLike) -> np.ndarray:
@@ -113,14 +125,9 @@ def load_pair_stack(fixed_prepared: str, moving_prepared: str, affine: np.ndarra
             raise InputError(moving_segmentation, f"map has {maps[1].shape[0]} clusters, the fixed image's "
                                                   f"{maps[0].shape[0]}: maps from different codebooks")
         maps[1] = _resample(maps[1], affine, shape)
-    mask = fixed.mask
-    if downsample > 1:
-        fixed_density, moving_density = _shrink(fixed_density, downsample), _shrink(moving_density, downsample)
-        maps = [None if m is None else _shrink(m, downsample) for m in maps]
-        mask = _shrink(fixed.mask[None].astype(np.float32), downsample)[0] > 0.5
-    return PairStack(fixed_density, moving_density, maps[0], maps[1], mask, moving_raw,
+    return PairStack(fixed_density, moving_density, maps[0], maps[1], fixed.mask, moving_raw,
                      np.asarray(affine, dtype=np.float64), fixed.scale, moving.scale, fixed.full_size,
-                     moving.full_size, tuple(fixed.mask.shape))
+                     moving.full_size, tuple(fixed.mask.shape)).shrunk(downsample)
 
 
 def network_input(stack: PairStack, map_inputs: bool) -> np.ndarray:

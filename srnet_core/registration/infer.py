@@ -71,13 +71,19 @@ def predict_field(model, stack: PairStack, map_inputs: bool, device: torch.devic
 
 
 def instance_optimise(field: np.ndarray, stack: PairStack, method: MethodSettings, steps: int, lr: float = 0.2,
-                      device: torch.device | str = "cpu", levels: int = 1) -> tuple[np.ndarray, list[float]]:
+                      device: torch.device | str = "cpu", levels: int = 1, fine: PairStack | None = None,
+                      fine_steps: int = 0) -> tuple[np.ndarray, list[float]]:
     """`steps` Adam steps on the method's own loss for this pair, optimising the field directly from the
     network's prediction (VoxelMorph's instance-specific optimisation).
 
     `levels` > 1: coarse to fine, `steps` steps on each of `levels` grids, each twice as coarse as the
     next (the registration grid last): the coarse grids see larger structures for a fraction of the
-    cost (1/4, 1/16, ... of a step on the registration grid), and each level starts from the one before."""
+    cost (1/4, 1/16, ... of a step on the registration grid), and each level starts from the one before.
+
+    `fine` (the same pair on a finer grid, e.g. the registration grid's 2x) with `fine_steps` > 0: that
+    many further steps there, from the result upsampled; the field is then returned on `fine`'s grid.
+    The network's grid is coarse for speed, and its pixels average away detail the landmarks sit on;
+    the last steps see it (docs/BENCHMARKS.md)."""
     if steps <= 0:
         return field, []
     if levels < 1:
@@ -99,6 +105,12 @@ def instance_optimise(field: np.ndarray, stack: PairStack, method: MethodSetting
                         torch.nn.functional.interpolate(a, size=level_shape, mode="area")) for a in images]
         u, level_losses = _optimise_field(u, *level_images, loss_fn, steps, lr)
         losses += level_losses
+    if fine is not None and fine_steps > 0:
+        fine_images = [None if a is None else torch.from_numpy(a)[None].to(device)
+                       for a in (fine.fixed, fine.moving, fine.fixed_map if use_maps else None,
+                                 fine.moving_map if use_maps else None)]
+        u, fine_losses = _optimise_field(_resize_field(u, tuple(fine.shape)), *fine_images, loss_fn, fine_steps, lr)
+        losses += fine_losses
     return u[0].cpu().numpy(), losses
 
 
@@ -160,8 +172,9 @@ def deformation_grid(field: np.ndarray, spacing: int = 12) -> np.ndarray:
 
 
 def write_overlay(path: str | os.PathLike, stack: PairStack, field: np.ndarray) -> None:
-    """Side by side on the registration grid (`field` on that grid): the moving image only stretched
-    onto the fixed grid, after registration (affine and field), and the field's deformation grid."""
+    """Side by side on the stack's grid (`field` on that grid: the registration grid, or the finer one of
+    the last instance steps): the moving image only stretched onto the fixed grid, after registration
+    (affine and field), and the field's deformation grid."""
     import pyvips
 
     from .affine import warp_affine

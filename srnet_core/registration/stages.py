@@ -86,11 +86,12 @@ def register_stage(*, fixed_prepared: str, moving_prepared: str, affine: str, pa
                    model: str | None = None, method: dict | None = None, codebook: str | None = None,
                    fixed_seg: str | None = None, moving_seg: str | None = None, moving_landmarks: str = "",
                    missing_landmarks: str = "error", instance_steps: int = 0, instance_lr: float = 0.2,
-                   instance_lambda_smooth: float | None = None, instance_levels: int = 1, reflections: str = "none",
-                   downsample: int = 4) -> dict:
+                   instance_lambda_smooth: float | None = None, instance_levels: int = 1,
+                   instance_fine_steps: int = 0, reflections: str = "none", downsample: int = 4) -> dict:
     """Register one pair with `model` (None: the affine step alone, the `affine` column).
     `instance_lambda_smooth`: the regulariser's weight during instance optimisation (None: the method's);
     `instance_levels`: coarse-to-fine grids of instance optimisation (1: the registration grid only);
+    `instance_fine_steps`: further steps on a grid 2x finer than the registration grid (0: none);
     `reflections`: the network's field averaged over mirrored inputs (infer.reflection_averaged_field)."""
     from .data import load_pair_stack
     from .infer import instance_optimise, predict_field
@@ -110,8 +111,12 @@ def register_stage(*, fixed_prepared: str, moving_prepared: str, affine: str, pa
         if trained != downsample:
             log.warning("%s was trained on a grid %dx coarser than the working grid; registering at %dx as "
                         "configured", model, trained, downsample)
-    stack = load_pair_stack(fixed_prepared, moving_prepared, affine,
-                            fixed_seg if uses_maps else None, moving_seg if uses_maps else None, downsample)
+    working = load_pair_stack(fixed_prepared, moving_prepared, affine,
+                              fixed_seg if uses_maps else None, moving_seg if uses_maps else None)
+    stack = working.shrunk(downsample)
+    # the finer grid of the last instance steps; none when the registration grid is the working grid
+    refining = loaded is not None and instance_steps > 0
+    fine = working.shrunk(downsample // 2) if refining and instance_fine_steps > 0 and downsample >= 2 else None
     timing["seconds_load"] = time.perf_counter() - t0
     t1 = time.perf_counter()
     if loaded is None:
@@ -122,13 +127,17 @@ def register_stage(*, fixed_prepared: str, moving_prepared: str, affine: str, pa
     refine = configured or (loaded.method if loaded is not None else None)
     if refine is not None and instance_lambda_smooth is not None:
         refine = dataclasses.replace(refine, lambda_smooth=float(instance_lambda_smooth))
-    if loaded is not None and instance_steps > 0:
+    if refining:
         t2 = time.perf_counter()
         field, losses = instance_optimise(field, stack, refine, instance_steps, instance_lr, device,
-                                          instance_levels)
+                                          instance_levels, fine, instance_fine_steps)
         timing["seconds_instance"] = time.perf_counter() - t2
-        log.info("%s: instance optimisation %d steps x %d level(s) (lambda_smooth %.3g), loss %.4f -> %.4f",
-                 pair_id, instance_steps, instance_levels, refine.lambda_smooth, losses[0], losses[-1])
+        if fine is not None:
+            stack = fine
+        log.info("%s: instance optimisation %d steps x %d level(s)%s (lambda_smooth %.3g), loss %.4f -> %.4f",
+                 pair_id, instance_steps, instance_levels,
+                 f" + {instance_fine_steps} on the {fine.shape[1]}x{fine.shape[0]} grid" if fine is not None else "",
+                 refine.lambda_smooth, losses[0], losses[-1])
     coarse, field = field, stack.field_to_working(field)
     timing["seconds_register"] = time.perf_counter() - t1
     return write_registration(stack, field, coarse, pair_id, method_name, timing, t0, out_field, out_landmarks,
@@ -136,6 +145,7 @@ def register_stage(*, fixed_prepared: str, moving_prepared: str, affine: str, pa
                               {"model_sha256": loaded.sha256 if loaded else "", "instance_steps": instance_steps,
                                "instance_lambda_smooth": refine.lambda_smooth if refine and instance_steps else "",
                                "instance_levels": instance_levels if instance_steps else "",
+                               "instance_fine_steps": instance_fine_steps if fine is not None else "",
                                "reflections": reflections if loaded else ""})
 
 
