@@ -45,6 +45,7 @@ README_START, README_END = "<!-- headline:start -->", "<!-- headline:end -->"
 SHARED_BIRL = ROOT.parent / "shared" / "data" / "birl"
 METHODS = ["initial", "affine", "srnet", "srnet_noseg", "ants_syn", "elastix"]
 THREADS = 2
+INFER = yaml.safe_load((ROOT / "config.yaml").read_text())["registration"]["infer"]
 
 CONFIGS = {
     "birl": {"run": ["birl"],
@@ -119,15 +120,15 @@ def pair_times(workdir: Path, dataset: str) -> pd.DataFrame:
                      "codebook": str(res / "segmentation/codebook.h5"),
                      "fixed_seg": str(res / "segmentation" / f"{pair.fixed_id}.h5"),
                      "moving_seg": str(res / "segmentation" / f"{pair.moving_id}.h5"),
-                     "downsample": config["registration"]["downsample"], "instance_lr": infer["instance_lr"],
-                     "instance_lambda_smooth": infer["instance_lambda_smooth"],
-                     "instance_levels": infer["instance_levels"], "reflections": infer["reflections"]}
+                     "downsample": config["registration"]["downsample"],
+                     **{k: v for k, v in infer.items() if k not in ("instance_steps", "warp_slide")}}
             if n == 0:                                   # warm-up: first-call costs are not per pair
                 register_stage(**srnet, **outs("warm"), instance_steps=0)
             plain = register_stage(**srnet, **outs("plain"), instance_steps=0)
             tuned = register_stage(**srnet, **outs("tuned"), instance_steps=infer["instance_steps"])
             row = {"pair": pair.pair_id, "srnet (inference)": plain["seconds_register"],
-                   f"srnet (+{infer['instance_steps']} instance steps)": tuned["seconds_register"],
+                   f"srnet (+{infer['instance_steps']}+{infer['instance_fine_steps']} instance steps)":
+                       tuned["seconds_register"],
                    "srnet load": plain["seconds_load"]}
             for name in ("ants_syn", "elastix"):
                 t = baseline_register_stage(**common, method_name=name, settings=baselines[name], threads=THREADS,
@@ -257,7 +258,8 @@ def main(argv=None) -> int:
     lines = [START, "## srnet beside ANTs SyN and elastix (`benchmarks/bench_suite.py`)", "",
              f"Run {today} on {machine()}; {versions}. No GPU.", "",
              "Accuracy: median rTRE per tissue from the workflow's own tables, config.yaml defaults (srnet: "
-             "300 training iterations on the dataset's pairs, 100 instance-optimisation steps per pair; "
+             f"300 training iterations on the dataset's pairs, {INFER['instance_steps']} instance-optimisation "
+             f"steps per pair on the registration grid and {INFER['instance_fine_steps']} on the 2x finer grid; "
              "ants_syn: affine then SyN with CC radius 4, 40/20/0 iterations; elastix: affine then B-spline, "
              "3 levels x 256 iterations, 16 px final grid). All baselines start from srnet's affine "
              "pre-alignment and see the same tissue-density images at the same working resolution "

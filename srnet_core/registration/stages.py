@@ -134,10 +134,12 @@ def register_stage(*, fixed_prepared: str, moving_prepared: str, affine: str, pa
         timing["seconds_instance"] = time.perf_counter() - t2
         if fine is not None:
             stack = fine
-        log.info("%s: instance optimisation %d steps x %d level(s)%s (lambda_smooth %.3g), loss %.4f -> %.4f",
-                 pair_id, instance_steps, instance_levels,
-                 f" + {instance_fine_steps} on the {fine.shape[1]}x{fine.shape[0]} grid" if fine is not None else "",
-                 refine.lambda_smooth, losses[0], losses[-1])
+        coarse_steps = instance_steps * instance_levels    # the losses of different grids do not compare
+        log.info("%s: instance optimisation %d steps x %d level(s) (lambda_smooth %.3g), loss %.4f -> %.4f%s",
+                 pair_id, instance_steps, instance_levels, refine.lambda_smooth, losses[0],
+                 losses[coarse_steps - 1], "" if fine is None else
+                 f"; then {instance_fine_steps} on the {fine.shape[1]}x{fine.shape[0]} grid, loss "
+                 f"{losses[coarse_steps]:.4f} -> {losses[-1]:.4f}")
     coarse, field = field, stack.field_to_working(field)
     timing["seconds_register"] = time.perf_counter() - t1
     return write_registration(stack, field, coarse, pair_id, method_name, timing, t0, out_field, out_landmarks,
