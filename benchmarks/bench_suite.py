@@ -46,6 +46,7 @@ SHARED_BIRL = ROOT.parent / "shared" / "data" / "birl"
 METHODS = ["initial", "affine", "srnet", "srnet_noseg", "ants_syn", "elastix"]
 THREADS = 2
 INFER = yaml.safe_load((ROOT / "config.yaml").read_text())["registration"]["infer"]
+BRAIN_REFLECTIONS = yaml.safe_load((ROOT / "config.yaml").read_text())["brain"]["evaluate"]["reflections"]
 
 CONFIGS = {
     "birl": {"run": ["birl"],
@@ -318,6 +319,10 @@ def headline(tables: dict, med: dict, brain: pd.DataFrame | None, today: str) ->
         best = min(row[c] for c in cols if c != "initial")
         lines.append(f"| {label} | " + " | ".join(f"**{row[c]:.4f}**" if row[c] == best else f"{row[c]:.4f}"
                                                   for c in cols) + " |")
+    srnet_all, affine_all = birl.loc["All", "srnet"], birl.loc["All", "affine"]
+    lines += ["", f"BIRL all to more digits: srnet {srnet_all:.6f} against `affine` {affine_all:.6f} "
+              f"({(srnet_all / affine_all - 1) * 100:+.2f} %); lesions srnet {birl.loc['lesions', 'srnet']:.5f} "
+              f"against `affine` {birl.loc['lesions', 'affine']:.5f}."]
     plain = med["srnet (inference)"]
     tuned = next(v for k, v in med.items() if k.startswith("srnet (+"))
     lines += ["", f"Time per pair (1,024 px working images, CPU): srnet {plain:.2f} s, srnet with instance "
@@ -326,7 +331,7 @@ def headline(tables: dict, med: dict, brain: pd.DataFrame | None, today: str) ->
         lines.append("")
         lines.append("Brain slices (MNI152 + AAL atlas, simulated deformations, test pairs): mean Dice / HD95 "
                      + ", ".join(f"{r.method} {r.dice_percent:.1f} % / {r.hd95_mm:.2f} mm" for r in brain.itertuples())
-                     + ".")
+                     + f" (networks with `brain.evaluate.reflections: {BRAIN_REFLECTIONS}`).")
     lines.append(README_END)
     readme = ROOT / "README.md"
     text = readme.read_text()
