@@ -6,6 +6,7 @@ import torch
 
 from srnet_core.errors import InputError
 from srnet_core.h5io import read_field, write_field
+from srnet_core.registration.data import _resample
 from srnet_core.registration.infer import (_resize_field, instance_optimise, reflection_averaged_field,
                                           reflection_axes, warp_slide)
 from srnet_core.registration.train import MethodSettings
@@ -140,6 +141,27 @@ def test_a_mapped_landmark_lands_on_the_content_the_warped_image_shows():
     peak = np.array([(xx * warped).sum(), (yy * warped).sum()]) / warped.sum()
     mapped = Transform(affine, field, (1.0, 1.0), (1.0, 1.0)).moving_to_fixed_work(q[None])[0]
     assert np.hypot(*(mapped - peak)) < 0.3, (mapped, peak)
+
+
+def test_the_affine_resampling_and_the_landmark_mapping_agree():
+    """What the registration sees (the moving image resampled through the affine matrix, as
+    load_pair_stack does) and where the landmarks go (Transform) use one convention: a dot in a
+    moving image of another size, through a rotating, shearing, scaling matrix, lands where the
+    mapping puts its centre (a half-pixel slip here would show as a constant shift of every
+    deformable field)."""
+    hm, wm, hf, wf = 150, 170, 128, 160
+    theta = np.deg2rad(17.0)
+    affine = np.array([[1.08 * np.cos(theta), -np.sin(theta) + 0.05, 21.3],
+                       [np.sin(theta), 0.93 * np.cos(theta), -6.7]])        # fixed working -> moving working
+    yy, xx = np.mgrid[0:hm, 0:wm].astype(np.float64)
+    transform = Transform(affine, np.zeros((2, hf, wf), np.float32), (1.0, 1.0), (1.0, 1.0))
+    for q in ((80.37, 60.61), (101.2, 95.9), (70.0, 40.5)):
+        dot = np.exp(-((xx - q[0]) ** 2 + (yy - q[1]) ** 2) / 8.0).astype(np.float32)[None]
+        warped = _resample(dot, affine, (hf, wf))[0].astype(np.float64)
+        fy, fx = np.mgrid[0:hf, 0:wf]
+        peak = np.array([(fx * warped).sum(), (fy * warped).sum()]) / warped.sum()
+        mapped = transform.moving_to_fixed_work(np.array([q]))[0]
+        assert np.hypot(*(mapped - peak)) < 0.05, (q, mapped, peak)
 
 
 def test_field_file_round_trip_and_wrong_shape(tmp_path):
