@@ -45,8 +45,8 @@ README_START, README_END = "<!-- headline:start -->", "<!-- headline:end -->"
 SHARED_BIRL = ROOT.parent / "shared" / "data" / "birl"
 METHODS = ["initial", "affine", "srnet", "srnet_noseg", "ants_syn", "elastix"]
 THREADS = 2
-INFER = yaml.safe_load((ROOT / "config.yaml").read_text())["registration"]["infer"]
-BRAIN_REFLECTIONS = yaml.safe_load((ROOT / "config.yaml").read_text())["brain"]["evaluate"]["reflections"]
+DEFAULTS = yaml.safe_load((ROOT / "config.yaml").read_text())
+INFER, BRAIN_REFLECTIONS = DEFAULTS["registration"]["infer"], DEFAULTS["brain"]["evaluate"]["reflections"]
 
 CONFIGS = {
     "birl": {"run": ["birl"],
