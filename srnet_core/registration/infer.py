@@ -90,9 +90,7 @@ def instance_optimise(field: np.ndarray, stack: PairStack, method: MethodSetting
         raise ValueError(f"instance optimisation levels must be >= 1, got {levels}")
     loss_fn = method.loss().to(device)
     use_maps = bool(method.lambda_seg) and stack.fixed_map is not None
-    images = [torch.from_numpy(a)[None].to(device) if a is not None else None
-              for a in (stack.fixed, stack.moving, stack.fixed_map if use_maps else None,
-                        stack.moving_map if use_maps else None)]
+    images = _loss_inputs(stack, use_maps, device)
     u = torch.from_numpy(np.ascontiguousarray(field))[None].to(device)
     shape = tuple(u.shape[2:])
     shapes = [shape]
@@ -106,12 +104,17 @@ def instance_optimise(field: np.ndarray, stack: PairStack, method: MethodSetting
         u, level_losses = _optimise_field(u, *level_images, loss_fn, steps, lr)
         losses += level_losses
     if fine is not None and fine_steps > 0:
-        fine_images = [None if a is None else torch.from_numpy(a)[None].to(device)
-                       for a in (fine.fixed, fine.moving, fine.fixed_map if use_maps else None,
-                                 fine.moving_map if use_maps else None)]
-        u, fine_losses = _optimise_field(_resize_field(u, tuple(fine.shape)), *fine_images, loss_fn, fine_steps, lr)
+        u, fine_losses = _optimise_field(_resize_field(u, tuple(fine.shape)), *_loss_inputs(fine, use_maps, device),
+                                         loss_fn, fine_steps, lr)
         losses += fine_losses
     return u[0].cpu().numpy(), losses
+
+
+def _loss_inputs(stack: PairStack, use_maps: bool, device) -> list[torch.Tensor | None]:
+    """(fixed, moving, fixed map, moving map) as (1, C, H, W) tensors; the maps None without L_seg."""
+    return [None if a is None else torch.from_numpy(a)[None].to(device)
+            for a in (stack.fixed, stack.moving, stack.fixed_map if use_maps else None,
+                      stack.moving_map if use_maps else None)]
 
 
 def _resize_field(u: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
