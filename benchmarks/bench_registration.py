@@ -8,7 +8,7 @@ the default srnet network (RegNetConfig from the config defaults, 2 + 2k input c
 `predict_field` plus `field_to_working` (what the register rule does between loading and writing)
 for the default registration grid (downsample 4: 256 x 256) and for downsample 1 (1,024 x 1,024),
 and with `reflections` point and axes (2 and 4 passes) on the default grid, median of 7 runs after one warm-up, torch.set_num_threads(2). Also times one training iteration
-(batch 4, 128 px patches) and 100 instance-optimisation steps on the downsample-4 grid. Weights are
+(batch 4, 128 px patches) and config.yaml's instance-optimisation steps (downsample-4 grid, then the 2x finer one). Weights are
 untrained: the time does not depend on them.
 
     .venv/bin/python benchmarks/bench_registration.py --write
@@ -25,10 +25,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks._common import machine, verdict, write_section  # noqa: E402
+from benchmarks._common import ROOT, machine, verdict, write_section  # noqa: E402
 from srnet_core.registration.data import PairStack, _shrink  # noqa: E402
 from srnet_core.registration.infer import instance_optimise, predict_field  # noqa: E402
 from srnet_core.registration.network import RegistrationUNet  # noqa: E402
@@ -37,6 +38,7 @@ from srnet_core.registration.train import (MethodSettings, TrainSettings, forwar
 from srnet_core.registration.warp import SpatialTransformer  # noqa: E402
 
 START, END = "<!-- bench_registration:start -->", "<!-- bench_registration:end -->"
+INFER = yaml.safe_load((ROOT / "config.yaml").read_text())["registration"]["infer"]
 
 
 def make_stack(size: int, k: int, downsample: int) -> PairStack:
@@ -79,11 +81,12 @@ def main() -> None:
     mirrored = {mode: median_time(lambda: stack4.field_to_working(predict_field(model, stack4, True,
                                                                                  reflections=mode)))
                 for mode in ("point", "axes")}
-    instance = median_time(lambda: instance_optimise(np.zeros((2, 256, 256), np.float32), stack4, method, 100),
+    steps, fine_steps = INFER["instance_steps"], INFER["instance_fine_steps"]
+    instance = median_time(lambda: instance_optimise(np.zeros((2, 256, 256), np.float32), stack4, method, steps),
                            runs=3)
     stack2 = make_stack(1024, k, 2)
-    fine = median_time(lambda: instance_optimise(np.zeros((2, 256, 256), np.float32), stack4, method, 100,
-                                                 fine=stack2, fine_steps=50), runs=3)
+    fine = median_time(lambda: instance_optimise(np.zeros((2, 256, 256), np.float32), stack4, method, steps,
+                                                 fine=stack2, fine_steps=fine_steps), runs=3)
     settings = TrainSettings()
     stn, loss_fn = SpatialTransformer(2), method.loss()
     optimiser = torch.optim.Adam(model.parameters(), lr=1e-3, betas=(0.93, 0.999))
@@ -107,8 +110,8 @@ def main() -> None:
                      f"{verdict(seconds, 1.0, 's')} |")
     lines += ["", "- `infer.reflections` on the default 256 x 256 grid (passes of the network averaged): "
                   + ", ".join(f"{mode} {seconds:.3f} s" for mode, seconds in mirrored.items()),
-              f"- 100 instance-optimisation steps on the 256 x 256 grid (default `instance_steps`): "
-                  f"{instance:.2f} s; then 50 more on the 512 x 512 grid (default `instance_fine_steps`): "
+              f"- {steps} instance-optimisation steps on the 256 x 256 grid (default `instance_steps`): "
+                  f"{instance:.2f} s; then {fine_steps} more on the 512 x 512 grid (default `instance_fine_steps`): "
                   f"{fine:.2f} s in all",
               f"- one training iteration (batch 4, 128 px patches, srnet loss, Adam): {train_step:.3f} s", END]
     text = "\n".join(lines) + "\n"
