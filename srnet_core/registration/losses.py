@@ -23,7 +23,8 @@ def _check_pair(a: torch.Tensor, b: torch.Tensor, spatial_dims: int, name: str) 
 
 def box_sum(x: torch.Tensor, window: int, spatial_dims: int) -> torch.Tensor:
     """Sum of `x` over the window of `window` pixels centred on every pixel (zero outside the image),
-    per channel: what a grouped convolution with a ones kernel and `window // 2` zero padding gives.
+    per channel: what a grouped convolution with a ones kernel and `window // 2` zero padding gives
+    (an even window keeps the input's size and reaches one pixel further back than forward).
 
     Along each axis the window sum is built from sums over 1, 2, 4, ... pixels, each the sum of two
     shifted copies of the one before (9 px: 1 + 8, five additions per pixel), in the input's dtype:
@@ -70,7 +71,7 @@ class _BoxSum(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        mirrored = ctx.window - (ctx.window // 2 + 1) + 1
+        mirrored = ctx.window - ctx.window // 2         # window - before + 1: the same when odd
         return _window_sums(grad, ctx.window, ctx.spatial_dims, mirrored), None, None
 
 
