@@ -283,7 +283,8 @@ def main(argv=None) -> int:
             lines.append(f"| {stat} | " + " | ".join(f"{getattr(repeat[c], stat)():.5f}" for c in repeat.columns)
                          + " |")
         srnet_all = tables["birl"].loc["All", "srnet"]
-        lines += ["", f"srnet (deterministic) All = {srnet_all:.5f}: below ants_syn's All in "
+        lines += ["", "srnet (deterministic for its training seed; see \"BIRL across training seeds\" for other "
+                      f"seeds) All = {srnet_all:.5f}: below ants_syn's All in "
                   f"{int((repeat['All'] > srnet_all).sum())} of {len(repeat)} runs, equal in "
                   f"{int((repeat['All'] == srnet_all).sum())}.", ""]
     for name in ("birl", "demo"):
