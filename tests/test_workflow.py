@@ -35,12 +35,16 @@ def _initial_by_hand(root: Path, table: Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-# The default demo with shorter training (FGSN pretraining and each method's training 100 iterations
-# instead of 300) and two of its four learned columns (srnet with maps, srnet_noseg without): every
-# stage and output of `make demo` in about half its time. srnet_mse and srnet_cc are the same rules
-# with other loss weights (tests/test_train.py checks the weights); `make demo` trains and scores
-# them, and benchmarks/bench_demo.py measures the default's own time.
-DEMO_SHORT = {"segmentation": {"pretrain": {"iterations": 100}}, "registration": {"train": {"iterations": 100}},
+# The default demo with shorter work (FGSN pretraining 40 iterations and each method's training 60
+# instead of 300; 40 + 20 instance steps per pair instead of 100 + 50) and two of its four learned
+# columns (srnet with maps, srnet_noseg without): every stage and output of `make demo` in about a
+# third of its time. srnet_mse and srnet_cc are the same rules with other loss weights
+# (tests/test_train.py checks the weights); `make demo` trains and scores them, and
+# benchmarks/bench_demo.py measures the default's own time and table.
+TRAIN_ITERATIONS = 60
+DEMO_SHORT = {"segmentation": {"pretrain": {"iterations": 40}},
+              "registration": {"train": {"iterations": TRAIN_ITERATIONS},
+                               "infer": {"instance_steps": 40, "instance_fine_steps": 20}},
               "evaluate": {"methods": ["initial", "affine", "srnet", "srnet_noseg"]}}
 LEARNED = ("srnet", "srnet_noseg")
 
@@ -67,7 +71,7 @@ def test_demo_end_to_end_then_nothing_to_do(tmp_path):
     for method in LEARNED:
         model = tmp_path / f"results/demo/models/{method}"
         assert (model / "model.pt").exists() and (model / "loss.png").exists()
-        assert len(pd.read_csv(model / "loss.csv")) == 100
+        assert len(pd.read_csv(model / "loss.csv")) == TRAIN_ITERATIONS
     by_hand = _initial_by_hand(tmp_path / "data/demo", tmp_path / "data/demo/dataset.csv")
     assert table.loc["All", "initial"] == pytest.approx(by_hand["median"].median(), rel=1e-5)
     for tissue, group in by_hand.groupby("tissue"):
