@@ -38,9 +38,9 @@ def _initial_by_hand(root: Path, table: Path) -> pd.DataFrame:
 # The default demo with shorter work (FGSN pretraining 40 iterations and each method's training 60
 # instead of 300; 40 + 20 instance steps per pair instead of 100 + 50) and two of its four learned
 # columns (srnet with maps, srnet_noseg without): every stage and output of `make demo` in under
-# half its time (225-254 s against 567 s here, docs/BENCHMARKS.md). srnet_mse and srnet_cc are the same rules with other loss weights
-# (tests/test_train.py checks the weights); `make demo` trains and scores them, and
-# benchmarks/bench_demo.py measures the default's own time and table.
+# half its time (225-254 s against 567 s on one host, docs/BENCHMARKS.md). srnet_mse and srnet_cc
+# are the same rules with other loss weights (tests/test_train.py checks the weights); `make demo`
+# trains and scores them, and benchmarks/bench_demo.py measures the default's own time and table.
 TRAIN_ITERATIONS = 60
 DEMO_SHORT = {"segmentation": {"pretrain": {"iterations": 40}},
               "registration": {"train": {"iterations": TRAIN_ITERATIONS},
