@@ -66,7 +66,9 @@ def main() -> None:
                                   str(res / "prepared" / f"{p.moving_id}.h5"), str(res / "affine" / f"{p.pair_id}.json"),
                                   str(res / "segmentation" / f"{p.fixed_id}.h5"),
                                   str(res / "segmentation" / f"{p.moving_id}.h5"))
-        stack, fine = working.shrunk(down), working.shrunk(max(1, down // 2))
+        stack = working.shrunk(down)
+        # the finer grid of the last instance steps, as register_stage builds it
+        fine = working.shrunk(down // 2) if infer["instance_fine_steps"] > 0 and down >= 2 else None
         fixed_pts, moving_pts = read_landmarks(p.fixed_landmarks_path), read_landmarks(p.moving_landmarks_path)
         attrs = read_prepared_attrs(str(res / "prepared" / f"{p.fixed_id}.h5"))
         size = (int(attrs["full_width"]), int(attrs["full_height"]))
@@ -79,7 +81,7 @@ def main() -> None:
                     loaded.method.lambda_smooth if lam is None else lam))
                 u, losses = instance_optimise(field, stack, method, infer["instance_steps"], infer["instance_lr"],
                                               "cpu", infer["instance_levels"], fine, infer["instance_fine_steps"])
-                grid = fine if infer["instance_fine_steps"] > 0 and down >= 2 else stack
+                grid = stack if fine is None else fine
                 warped = map_moving_landmarks(grid, grid.field_to_working(u), moving_pts)
                 errors = landmark_errors(fixed_pts, warped, size, moving_pts)
                 row[f"{start}, {maps}: rTRE"] = float(errors["rtre"].median())
