@@ -7,7 +7,12 @@ place), prints:
    the tissue both cover: ~1 for one section re-stained, ~0 when the classes do not correspond);
 2. the median rTRE and the final instance loss of instance optimisation with config.yaml's
    settings, started from the affine step alone ("zero") and from the network's field ("net"), with
-   and without srnet's segmentation term in the loss.
+   and without srnet's segmentation term in the loss;
+3. the resampling drift: the mean field (working px, over the fixed tissue) that instance
+   optimisation from the affine step finds without the segmentation term, for the pair as registered
+   and swapped (the fixed image registered to the moving one), with the images unblurred (sim_sigma 0)
+   and blurred as the method is. A real misalignment gives opposite signs in the two directions;
+   resampling blur gives the same sign in both (losses.SimilarityLoss).
 
 Run after the workflow, e.g. on the suite's BIRL folder (docs/BENCHMARKS.md, "Another host, longer
 training, and what holds srnet at `affine` on BIRL"):
@@ -86,6 +91,20 @@ def main() -> None:
                 errors = landmark_errors(fixed_pts, warped, size, moving_pts)
                 row[f"{start}, {maps}: rTRE"] = float(errors["rtre"].median())
                 row[f"{start}, {maps}: loss"] = float(losses[-1])
+        affine = np.vstack([working.affine, [0.0, 0.0, 1.0]])
+        swapped = load_pair_stack(str(res / "prepared" / f"{p.moving_id}.h5"), str(res / "prepared" / f"{p.fixed_id}.h5"),
+                                  np.linalg.inv(affine)[:2])
+        for sigma in (0.0, loaded.method.sim_sigma):
+            method = dataclasses.replace(loaded.method, lambda_seg=0.0, sim_sigma=float(sigma), lambda_smooth=float(
+                loaded.method.lambda_smooth if lam is None else lam))
+            for name, pair in (("pair", working), ("swapped", swapped)):
+                grid, fine_grid = pair.shrunk(down), pair.shrunk(down // 2) if fine is not None else None
+                u, _ = instance_optimise(np.zeros((2,) + tuple(grid.shape), np.float32), grid, method,
+                                         infer["instance_steps"], infer["instance_lr"], "cpu", infer["instance_levels"],
+                                         fine_grid, infer["instance_fine_steps"])
+                u = (grid if fine_grid is None else fine_grid).field_to_working(u)
+                for axis, label in enumerate("xy"):
+                    row[f"drift {label}, sigma {sigma:g}, {name}"] = float(u[axis][pair.fixed_mask].mean())
         print(", ".join(f"{k} {v:.5f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()), flush=True)
         rows.append(row)
     frame = pd.DataFrame(rows).set_index("pair")

@@ -55,8 +55,10 @@ class BrainMethod:
 
     def settings(self):
         from ..registration.train import MethodSettings
+        # sim_sigma 0: a brain pair is a slice and its own warped copy, one texture in both images, so
+        # resampling blur gives the loss no drift to remove (losses.SimilarityLoss)
         return MethodSettings(self.lambda_smooth, self.lambda_seg, self.mse_weight, self.ncc_weight, self.window,
-                              self.map_inputs)
+                              self.map_inputs, sim_sigma=0.0)
 
 
 def label_values(slices) -> np.ndarray:

@@ -40,13 +40,15 @@ class MethodSettings:
     ncc_weight: float = 1.0
     window: int = 9
     map_inputs: bool = True
+    sim_sigma: float = 1.0      # Gaussian blur (grid px) of both images in L_sim (losses.SimilarityLoss)
 
     @property
     def uses_maps(self) -> bool:
         return self.map_inputs or self.lambda_seg > 0
 
     def loss(self) -> SRNetLoss:
-        return SRNetLoss(2, self.lambda_smooth, self.lambda_seg, self.mse_weight, self.ncc_weight, self.window)
+        return SRNetLoss(2, self.lambda_smooth, self.lambda_seg, self.mse_weight, self.ncc_weight, self.window,
+                         self.sim_sigma)
 
 
 @dataclass
@@ -233,7 +235,8 @@ def load_model(path: str | os.PathLike, device: torch.device | str = "cpu") -> L
         raise InputError(path, f"not an srnet registration model (format marker {MODEL_FORMAT} missing)")
     try:
         config = RegNetConfig(**payload["config"])
-        method = MethodSettings(**payload["method"])
+        # models saved before sim_sigma existed were trained on unsmoothed images
+        method = MethodSettings(**{"sim_sigma": 0.0, **payload["method"]})
         model = build_network(config).to(device)
         model.load_state_dict(payload["state_dict"])
     except (TypeError, KeyError, RuntimeError, ValueError) as exc:
