@@ -202,7 +202,9 @@ class SegmentationLoss(nn.Module):
 
 
 class SRNetLoss(nn.Module):
-    """Total loss with the seed's lambda1 = 0.95 and lambda2 = 1.05; returns (total, parts)."""
+    """Total loss with the seed's lambda1 = 0.95 and lambda2 = 1.05; returns (total, parts).
+    `sim_sigma` defaults to the seed's unblurred L_sim here; the histology methods
+    (train.MethodSettings) blur by 1 px, the brain track's do not."""
 
     def __init__(self, spatial_dims: int = 2, lambda_smooth: float = 0.95, lambda_seg: float = 1.05,
                  mse_weight: float = 1.0, ncc_weight: float = 1.0, window: int = 9, sim_sigma: float = 0.0):
