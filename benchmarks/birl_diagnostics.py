@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import sys
 from pathlib import Path
 
@@ -39,7 +40,8 @@ from srnet_core.evaluation import landmark_errors  # noqa: E402
 from srnet_core.h5io import read_prepared_attrs  # noqa: E402
 from srnet_core.landmarks import read_landmarks  # noqa: E402
 from srnet_core.registration.data import load_pair_stack  # noqa: E402
-from srnet_core.registration.infer import instance_optimise, map_moving_landmarks, predict_field  # noqa: E402
+from srnet_core.registration.infer import (instance_optimise, map_moving_landmarks, predict_field,  # noqa: E402
+                                            resampling_drift)
 from srnet_core.registration.train import load_model  # noqa: E402
 
 
@@ -91,20 +93,14 @@ def main() -> None:
                 errors = landmark_errors(fixed_pts, warped, size, moving_pts)
                 row[f"{start}, {maps}: rTRE"] = float(errors["rtre"].median())
                 row[f"{start}, {maps}: loss"] = float(losses[-1])
-        affine = np.vstack([working.affine, [0.0, 0.0, 1.0]])
-        swapped = load_pair_stack(str(res / "prepared" / f"{p.moving_id}.h5"), str(res / "prepared" / f"{p.fixed_id}.h5"),
-                                  np.linalg.inv(affine)[:2])
         for sigma in (0.0, loaded.method.sim_sigma):
-            method = dataclasses.replace(loaded.method, lambda_seg=0.0, sim_sigma=float(sigma), lambda_smooth=float(
+            method = dataclasses.replace(loaded.method, sim_sigma=float(sigma), lambda_smooth=float(
                 loaded.method.lambda_smooth if lam is None else lam))
-            for name, pair in (("pair", working), ("swapped", swapped)):
-                grid, fine_grid = pair.shrunk(down), pair.shrunk(down // 2) if fine is not None else None
-                u, _ = instance_optimise(np.zeros((2,) + tuple(grid.shape), np.float32), grid, method,
-                                         infer["instance_steps"], infer["instance_lr"], "cpu", infer["instance_levels"],
-                                         fine_grid, infer["instance_fine_steps"])
-                u = (grid if fine_grid is None else fine_grid).field_to_working(u)
-                for axis, label in enumerate("xy"):
-                    row[f"drift {label}, sigma {sigma:g}, {name}"] = float(u[axis][pair.fixed_mask].mean())
+            drift = resampling_drift(str(res / "prepared" / f"{p.fixed_id}.h5"), str(res / "prepared" / f"{p.moving_id}.h5"),
+                                     working.affine, method, infer["instance_steps"], infer["instance_lr"], down,
+                                     infer["instance_fine_steps"])
+            for (i, name), (axis, label) in itertools.product(enumerate(("pair", "swapped")), enumerate("xy")):
+                row[f"drift {label}, sigma {sigma:g}, {name}"] = float(drift[i, axis])
         print(", ".join(f"{k} {v:.5f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()), flush=True)
         rows.append(row)
     frame = pd.DataFrame(rows).set_index("pair")

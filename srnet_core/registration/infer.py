@@ -5,6 +5,7 @@ full-resolution moving slide as a pyramidal TIFF streamed by libvips."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 
@@ -108,6 +109,30 @@ def instance_optimise(field: np.ndarray, stack: PairStack, method: MethodSetting
                                          loss_fn, fine_steps, lr)
         losses += fine_losses
     return u[0].cpu().numpy(), losses
+
+
+def resampling_drift(fixed_prepared: str, moving_prepared: str, affine: np.ndarray, method: MethodSettings,
+                     steps: int, lr: float, downsample: int, fine_steps: int = 0) -> np.ndarray:
+    """(2, 2): the mean field (working px, over the fixed tissue) that instance optimisation from the
+    affine step finds without L_seg, row 0 for the pair as given, row 1 swapped (the fixed image
+    registered to the moving one through the inverse affine, in the moving image's frame).
+
+    A real misalignment comes out with opposite signs in the two rows, so their sum is ~0; the
+    resampling drift that SimilarityLoss's blur removes comes out with the same sign in both (a sum of
+    ~2x the drift). A diagnostic for cross-stain pairs that needs no landmarks."""
+    from .data import load_pair_stack
+    inverse = np.linalg.inv(np.vstack([np.asarray(affine, dtype=np.float64), [0.0, 0.0, 1.0]]))[:2]
+    method = dataclasses.replace(method, lambda_seg=0.0)
+    out = []
+    for f, m, a in ((fixed_prepared, moving_prepared, affine), (moving_prepared, fixed_prepared, inverse)):
+        working = load_pair_stack(f, m, np.asarray(a, dtype=np.float64))
+        grid = working.shrunk(downsample)
+        fine = working.shrunk(downsample // 2) if fine_steps > 0 and downsample >= 2 else None
+        u, _ = instance_optimise(np.zeros((2,) + tuple(grid.shape), np.float32), grid, method, steps, lr,
+                                 fine=fine, fine_steps=fine_steps)
+        u = (grid if fine is None else fine).field_to_working(u)
+        out.append([float(u[axis][working.fixed_mask].mean()) for axis in range(2)])
+    return np.array(out)
 
 
 def _loss_inputs(stack: PairStack, use_maps: bool, device) -> list[torch.Tensor | None]:
