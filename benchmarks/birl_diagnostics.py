@@ -65,6 +65,8 @@ def main() -> None:
     pairs = pd.read_csv(res / "dataset.csv", dtype=str, keep_default_na=False)
     loaded = load_model(str(res / "models" / args.method / "model.pt"), "cpu")
     lam = infer["instance_lambda_smooth"]
+    # the method as instance optimisation runs it (register_stage's instance_lambda_smooth override)
+    refine = dataclasses.replace(loaded.method, lambda_smooth=float(loaded.method.lambda_smooth if lam is None else lam))
     rows = []
     for p in pairs.itertuples(index=False):
         if p.error:
@@ -84,8 +86,7 @@ def main() -> None:
         row = {"pair": p.pair_id, "labels ARI": label_agreement(working)}
         for start, field in starts.items():
             for maps, weight in (("maps", loaded.method.lambda_seg), ("no maps", 0.0)):
-                method = dataclasses.replace(loaded.method, lambda_seg=float(weight), lambda_smooth=float(
-                    loaded.method.lambda_smooth if lam is None else lam))
+                method = dataclasses.replace(refine, lambda_seg=float(weight))
                 u, losses = instance_optimise(field, stack, method, infer["instance_steps"], infer["instance_lr"],
                                               "cpu", infer["instance_levels"], fine, infer["instance_fine_steps"])
                 grid = stack if fine is None else fine
@@ -94,10 +95,9 @@ def main() -> None:
                 row[f"{start}, {maps}: rTRE"] = float(errors["rtre"].median())
                 row[f"{start}, {maps}: loss"] = float(losses[-1])
         for sigma in (0.0, loaded.method.sim_sigma):
-            method = dataclasses.replace(loaded.method, sim_sigma=float(sigma), lambda_smooth=float(
-                loaded.method.lambda_smooth if lam is None else lam))
             drift = resampling_drift(str(res / "prepared" / f"{p.fixed_id}.h5"), str(res / "prepared" / f"{p.moving_id}.h5"),
-                                     working.affine, method, infer["instance_steps"], infer["instance_lr"], down,
+                                     working.affine, dataclasses.replace(refine, sim_sigma=float(sigma)),
+                                     infer["instance_steps"], infer["instance_lr"], down,
                                      infer["instance_fine_steps"])
             for (i, name), (axis, label) in itertools.product(enumerate(("pair", "swapped")), enumerate("xy")):
                 row[f"drift {label}, sigma {sigma:g}, {name}"] = float(drift[i, axis])

@@ -120,8 +120,9 @@ def resampling_drift(fixed_prepared: str, moving_prepared: str, affine: np.ndarr
     A real misalignment comes out with opposite signs in the two rows, so their sum is ~0; the
     resampling drift that SimilarityLoss's blur removes comes out with the same sign in both (a sum of
     ~2x the drift). A diagnostic for cross-stain pairs that needs no landmarks."""
+    from .affine import homogeneous
     from .data import load_pair_stack
-    inverse = np.linalg.inv(np.vstack([np.asarray(affine, dtype=np.float64), [0.0, 0.0, 1.0]]))[:2]
+    inverse = np.linalg.inv(homogeneous(affine))[:2]
     method = dataclasses.replace(method, lambda_seg=0.0)
     out = []
     for f, m, a in ((fixed_prepared, moving_prepared, affine), (moving_prepared, fixed_prepared, inverse)):
