@@ -32,22 +32,21 @@ def birl() -> Path:
     return BIRL
 
 
-BIRL_SHORT_RUN = {
+BIRL_RUN = {
     "run": ["birl"],
     "datasets": {"birl": {"source": "local", "root": str(BIRL), "table": "pairs-imgs-lnds_histol.csv"}},
-    "segmentation": {"pretrain": {"iterations": 60}},
-    "registration": {"train": {"iterations": 60, "checkpoint_every": 20}},
     "evaluate": {"methods": ["initial", "affine", "srnet"]},
 }
 
 
 @pytest.fixture(scope="session")
 def birl_run(birl, tmp_path_factory) -> Path:
-    """One complete, uninterrupted workflow run on the two real BIRL pairs with a short training
-    (BIRL_SHORT_RUN); shared by the accuracy and the reliability tests. Returns its directory."""
+    """One complete, uninterrupted workflow run on the two real BIRL pairs with config.yaml's defaults
+    (BIRL_RUN: only the dataset and the table's columns are set); shared by the accuracy, drift,
+    baseline and reliability tests. Returns its directory."""
     import yaml
     work = tmp_path_factory.mktemp("birl_run")
-    (work / "cfg.yaml").write_text(yaml.safe_dump(BIRL_SHORT_RUN))
+    (work / "cfg.yaml").write_text(yaml.safe_dump(BIRL_RUN))
     result = run_snakemake(work, f"--configfile={work / 'cfg.yaml'}")
     assert result.returncode == 0, result.stderr[-4000:]
     return work

@@ -306,17 +306,20 @@ def test_dag_for_the_real_anhir_table(tmp_path, anhir_table):
     assert counts["tables"] == 1 and counts["submission"] == 1
 
 
-def test_srnet_on_the_real_birl_pairs_beats_initial(birl_run):
-    """The two real BIRL pairs (different stains, real deformation), the whole workflow with a short
-    training: the affine step and srnet each cut the initial error by far. (srnet below `affine` is
-    the issue's target: with the default training srnet's All is 0.00336-0.00348 against `affine`'s
-    0.00359 for training seeds 0-2, with this short run's weaker maps 0.00356, a margin no test on
-    another host can hold; see docs/BENCHMARKS.md.)"""
+def test_srnet_on_the_real_birl_pairs_beats_initial_and_affine(birl_run):
+    """The two real BIRL pairs (different stains, real deformation), the whole workflow with the
+    default config: the affine step and srnet each cut the initial error by far, and srnet's median
+    rTRE is below `affine`'s over all pairs and on the kidney pair. (Measured on the dev host, training
+    seeds 0 / 1 / 2: All 0.00339 / 0.00348 / 0.00336 against 0.00359, kidney 0.00229-0.00260 against
+    0.00275. On the lesions pair srnet stays within a few % of `affine` either side, so that tissue is
+    held only to 10 %; docs/BENCHMARKS.md, "BIRL across training seeds".)"""
     table = pd.read_csv(birl_run / "results/birl/tables/median_rtre.csv", index_col=0)
     for tissue in ("All", "rat-kidney", "lesions"):
         assert table.loc[tissue, "affine"] < table.loc[tissue, "initial"] / 4, table
         assert table.loc[tissue, "srnet"] < table.loc[tissue, "initial"] / 4, table
-    assert table.loc["All", "srnet"] < 1.2 * table.loc["All", "affine"], table
+    assert table.loc["All", "srnet"] < table.loc["All", "affine"], table
+    assert table.loc["rat-kidney", "srnet"] < table.loc["rat-kidney", "affine"], table
+    assert table.loc["lesions", "srnet"] < 1.1 * table.loc["lesions", "affine"], table
 
 
 DRIFT_UNBLURRED, DRIFT_BLURRED = 1.0, 0.5     # px; measured 1.69 / 2.10 and 0.20 / 0.28 (kidney / lesions)
