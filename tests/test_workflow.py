@@ -309,10 +309,11 @@ def test_dag_for_the_real_anhir_table(tmp_path, anhir_table):
 def test_srnet_on_the_real_birl_pairs_beats_initial_and_affine(birl_run):
     """The two real BIRL pairs (different stains, real deformation), the whole workflow with the
     default config: the affine step and srnet each cut the initial error by far, and srnet's median
-    rTRE is below `affine`'s over all pairs and on the kidney pair. (Measured on the dev host, training
-    seeds 0 / 1 / 2: All 0.00339 / 0.00348 / 0.00336 against 0.00359, kidney 0.00229-0.00260 against
-    0.00275. On the lesions pair srnet stays within a few % of `affine` either side, so that tissue is
-    held only to 10 %; docs/BENCHMARKS.md, "BIRL across training seeds".)"""
+    rTRE is below `affine`'s over all pairs and on the kidney pair. (Measured on the dev host: All
+    0.00339 against 0.00359, kidney 0.00231 against 0.00275; training seeds 0-5 give All
+    0.00336-0.00356 and kidney 0.00231-0.00260. On the lesions pair srnet stays within 5 % of `affine`
+    either side, so that tissue is held only to 10 %; docs/BENCHMARKS.md, "The suite's BIRL run at the
+    default config".)"""
     table = pd.read_csv(birl_run / "results/birl/tables/median_rtre.csv", index_col=0)
     for tissue in ("All", "rat-kidney", "lesions"):
         assert table.loc[tissue, "affine"] < table.loc[tissue, "initial"] / 4, table
