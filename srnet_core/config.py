@@ -9,7 +9,7 @@ from importlib import resources
 import yaml
 from jsonschema import Draft202012Validator, validators
 
-from .names import BASELINES
+from .names import BASELINES, HISTOLOGY_BASELINES
 
 SCHEMA_FILE = "config.schema.yaml"
 _SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -62,14 +62,14 @@ def validate_config(config: dict) -> dict:
     learned = (config.get("registration") or {}).get("methods") or {}
     segmentation = (config.get("segmentation") or {}).get("enabled", True)
     for name in (config.get("evaluate") or {}).get("methods") or []:
-        if name in ("initial", "affine") + BASELINES:
+        if name in ("initial", "affine") + HISTOLOGY_BASELINES:
             if name in learned:
                 problems.append(f"config.registration.methods.{name}: {name!r} is a built-in method's name; "
                                 "rename the learned method")
             continue
         if name not in learned:
             problems.append(f"config.evaluate.methods: {name!r} is neither initial, affine, a baseline "
-                            f"({', '.join(BASELINES)}) nor a method under registration.methods "
+                            f"({', '.join(HISTOLOGY_BASELINES)}) nor a method under registration.methods "
                             f"({', '.join(sorted(learned)) or 'none'})")
         elif not segmentation and (learned[name].get("map_inputs", True) or learned[name].get("lambda_seg", 1.05)):
             problems.append(f"config.registration.methods.{name}: uses segmentation maps, but "

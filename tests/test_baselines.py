@@ -1,5 +1,7 @@
 """Classical baselines (ants_syn, elastix): they recover known deformations in srnet's field convention,
-refuse unknown settings, and say how to install themselves when missing."""
+refuse unknown settings, and say how to install themselves when missing. From their own initialisation
+(ants_syn_own, elastix_own, and the affine-only affine_own) they place two working images of different
+pixel sizes in full-resolution px and register the real BIRL kidney pair better than no registration."""
 
 import sys
 
@@ -7,8 +9,11 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from srnet_core.names import BASELINES
-from srnet_core.registration.baselines import SETTINGS, baseline_settings, register_baseline
+from srnet_core.coords import full_to_work, work_to_full
+from srnet_core.names import BASELINES, OWN_START_BASELINES
+from srnet_core.registration.baselines import (SETTINGS, affine_own, baseline_settings, identity_affine,
+                                               own_start_grid, register_baseline)
+from srnet_core.registration.transform import Transform
 from srnet_core.registration.warp import SpatialTransformer
 
 pytest.importorskip("ants", reason="antspyx is not installed (pip install '.[baselines]')")
@@ -83,3 +88,86 @@ def test_a_missing_package_says_how_to_install_it(monkeypatch):
 def test_images_of_different_shapes_are_refused():
     with pytest.raises(ValueError, match="one grid"):
         register_baseline("ants_syn", _texture(32, 32), _texture(32, 40))
+
+
+def test_a_moving_image_on_its_own_grid_needs_the_own_start():
+    with pytest.raises(ValueError, match="ants_syn_own"):
+        register_baseline("ants_syn", _texture(32, 32), _texture(32, 40), grid=own_start_grid((1, 1), (1, 1)))
+
+
+# ---- from their own initialisation, on real data
+
+def _density(path, max_side):
+    from srnet_core.registration.affine import tissue_density
+    from srnet_core.slides import read_working
+    from srnet_core.tissue import tissue_mask
+    rgb, info, scale = read_working(path, max_side=max_side)
+    return tissue_density(rgb, tissue_mask(rgb, source=str(path))[0]), scale, (info.width, info.height)
+
+
+@pytest.fixture(scope="module")
+def kidney(birl):
+    """The real BIRL rat-kidney pair (HE <- PanCytokeratin; 1164x787 and 1123x724 px, so the two
+    512 px working images have different pixel sizes): densities, scales, landmarks."""
+    folder = birl / "rat-kidney_" / "scale-5pc"
+    fixed, fixed_scale, fixed_size = _density(folder / "Rat-Kidney_HE.jpg", 512)
+    moving, moving_scale, _ = _density(folder / "Rat-Kidney_PanCytokeratin.jpg", 512)
+    from srnet_core.landmarks import read_landmarks
+    lf, lm = (read_landmarks(folder / f"Rat-Kidney_{s}.csv") for s in ("HE", "PanCytokeratin"))
+    n = min(len(lf), len(lm))
+    return {"fixed": fixed, "moving": moving, "fixed_scale": fixed_scale, "moving_scale": moving_scale,
+            "diagonal": float(np.hypot(*fixed_size)), "fixed_landmarks": lf[:n], "moving_landmarks": lm[:n]}
+
+
+def _rtre(pair, affine, field=None):
+    """Median rTRE of the moving landmarks mapped into the fixed frame through (affine, field)."""
+    if field is None:
+        field = np.zeros((2,) + pair["fixed"].shape, np.float32)
+    t = Transform(affine, field, pair["fixed_scale"], pair["moving_scale"])
+    mapped = work_to_full(t.moving_to_fixed_work(full_to_work(pair["moving_landmarks"], pair["moving_scale"])),
+                          pair["fixed_scale"])
+    return float(np.median(np.hypot(*(mapped - pair["fixed_landmarks"]).T))) / pair["diagonal"]
+
+
+def test_identity_affine_is_no_registration_in_full_resolution_px(kidney):
+    unregistered = np.median(np.hypot(*(kidney["moving_landmarks"] - kidney["fixed_landmarks"]).T)) / kidney["diagonal"]
+    assert kidney["fixed_scale"] != kidney["moving_scale"]
+    assert _rtre(kidney, identity_affine(kidney["fixed_scale"], kidney["moving_scale"])) == pytest.approx(unregistered)
+
+
+@pytest.mark.parametrize("name", BASELINES)
+def test_affine_only_recovers_a_known_shift_between_two_pixel_sizes(name, birl):
+    """One real slide read at two working sizes, the smaller shifted by (+9, -6) full-res px: the matrix
+    is the identity in full-res px plus that shift, whatever the pixel sizes."""
+    slide = birl / "rat-kidney_" / "scale-5pc" / "Rat-Kidney_HE.jpg"
+    fixed, fixed_scale, _ = _density(slide, 384)
+    moving, moving_scale, _ = _density(slide, 300)
+    shift = np.array([9.0, -6.0])
+    moving = ndimage.shift(moving, (shift[1] * moving_scale[1], shift[0] * moving_scale[0]), order=1)
+    truth = identity_affine(fixed_scale, moving_scale)
+    truth[:, 2] += shift * np.asarray(moving_scale)
+    matrix = affine_own(name, fixed, moving, fixed_scale, moving_scale, threads=2)
+    assert matrix.shape == (2, 3)
+    corners = np.array([[0, 0, 1], [fixed.shape[1], 0, 1], [0, fixed.shape[0], 1], [fixed.shape[1], fixed.shape[0], 1]])
+    assert np.abs(corners @ (matrix - truth).T).max() < 0.5, (matrix, truth)      # moving working px
+
+
+@pytest.mark.parametrize("name", BASELINES)
+def test_affine_only_from_its_own_start_beats_no_registration_on_a_real_pair(name, kidney):
+    identity = identity_affine(kidney["fixed_scale"], kidney["moving_scale"])
+    matrix = affine_own(name, kidney["fixed"], kidney["moving"], kidney["fixed_scale"], kidney["moving_scale"],
+                        threads=2)
+    assert np.isfinite(matrix).all()
+    assert _rtre(kidney, matrix) < _rtre(kidney, identity) / 3, (_rtre(kidney, matrix), _rtre(kidney, identity))
+
+
+@pytest.mark.parametrize("name", OWN_START_BASELINES)
+def test_own_start_baselines_beat_no_registration_on_a_real_pair(name, kidney):
+    """With their default settings (elastix's affine map from its centre-of-gravity start needs its
+    default 4 resolutions here: with 3 it ends worse than unregistered)."""
+    identity = identity_affine(kidney["fixed_scale"], kidney["moving_scale"])
+    field, _ = register_baseline(name, kidney["fixed"], kidney["moving"], None, threads=2,
+                                 grid=own_start_grid(kidney["fixed_scale"], kidney["moving_scale"]))
+    assert field.shape == (2,) + kidney["fixed"].shape and np.isfinite(field).all()
+    assert _rtre(kidney, identity, field) < _rtre(kidney, identity) / 3, (_rtre(kidney, identity, field),
+                                                                          _rtre(kidney, identity))
