@@ -7,13 +7,21 @@ sample number dropped (`COAD_01/...` -> `COAD`, `lung-lesion_2/...` -> `lung-les
 same when the table is reordered or extended.
 
 A problem with one row (a path escaping the root, an empty image path) does not fail the table: it is
-recorded in the row's `error` column, and that pair's jobs fail with it while other pairs go on.
-A problem with the table itself (unreadable, a required column missing) raises InputError.
+recorded in the row's `error` column, and that pair is scored as failed while other pairs go on. A
+row that repeats an earlier row's moving and fixed image is dropped with a warning naming the table
+and both rows. A problem with the table itself (unreadable, a required column missing) raises
+InputError.
+
+`screen` then opens every image's header and reads every landmark file once, so that an unreadable,
+missing or unsupported image and a bad landmark file are known before anything is registered or
+trained (each reported once, in the pair's `error`), and warns once per landmark file whose points
+lie outside their image.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 from pathlib import Path, PurePosixPath
@@ -21,6 +29,8 @@ from pathlib import Path, PurePosixPath
 import pandas as pd
 
 from .errors import InputError
+
+log = logging.getLogger(__name__)
 
 MOVING_IMAGE, MOVING_LANDMARKS = "Source image", "Source landmarks"
 FIXED_IMAGE, FIXED_LANDMARKS = "Target image", "Target landmarks"
@@ -126,17 +136,20 @@ def read_cover_table(table: str | os.PathLike, root: str | os.PathLike,
             "fixed_id": image_id(fixed) if fixed else "", "moving_id": image_id(moving) if moving else "",
             "fixed_path": os.path.join(root, fixed) if fixed else "",
             "moving_path": os.path.join(root, moving) if moving else "",
-            "fixed_landmarks_path": os.path.join(root, fixed_lm) if fixed_lm else "",
-            "moving_landmarks_path": os.path.join(root, moving_lm) if moving_lm else "",
+            # a landmark path escaping the root is never opened (the row's error says why)
+            "fixed_landmarks_path": os.path.join(root, fixed_lm) if fixed_lm and _inside_root(root, fixed_lm) else "",
+            "moving_landmarks_path": os.path.join(root, moving_lm) if moving_lm and _inside_root(root, moving_lm)
+            else "",
             "table_height": height, "table_width": width, "table_diagonal": diagonal,
             "error": "; ".join(errors),
         })
     pairs = pd.DataFrame.from_records(records, columns=PAIR_COLUMNS)
-    dupes = pairs["pair_id"].duplicated(keep="first")
-    pairs.loc[dupes, "error"] = "duplicate of an earlier row (same moving and fixed image)"
-    pairs.loc[dupes, "pair_id"] = [f"{p}_row{r}" for p, r in zip(pairs.loc[dupes, "pair_id"],
-                                                                 pairs.loc[dupes, "row"])]
-    return pairs
+    dupes = pairs["pair_id"].duplicated(keep="first") & (pairs["moving"] != "") & (pairs["fixed"] != "")
+    first_row = pairs.drop_duplicates("pair_id").set_index("pair_id")["row"]
+    for rec in pairs[dupes].itertuples():
+        log.warning("%s: row %d repeats row %d (moving %s, fixed %s); dropped", table, rec.row,
+                    first_row[rec.pair_id], rec.moving, rec.fixed)
+    return pairs[~dupes].reset_index(drop=True)
 
 
 def select_tissues(pairs: pd.DataFrame, tissues: list[str] | None, table: str | os.PathLike) -> pd.DataFrame:
@@ -176,3 +189,104 @@ def read_pairs(normalized_csv: str | os.PathLike) -> pd.DataFrame:
     for col in ("table_height", "table_width", "table_diagonal"):
         frame[col] = pd.to_numeric(frame[col], errors="coerce")
     return frame
+
+
+IMAGE_COLUMNS = ["image_id", "rel", "path", "error", "width", "height", "reader"]
+
+
+def screen(pairs: pd.DataFrame, images: pd.DataFrame, missing_landmarks: str = "error"
+           ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Cheap checks of every image and landmark file before anything is prepared: each image's header
+    is opened (OpenSlide or libvips: size, format; no pixels decoded) and each landmark file is read
+    once. Returns copies of (pairs, images): images gain `width`, `height`, `reader` (full-resolution
+    size from the header, empty when unreadable) and an `error` when unreadable; a pair's `error`
+    collects the problems of its images and landmark files, so that pair is scored as failed and never
+    registered or trained on. Each bad file is logged once (ERROR, `<file>: <problem>`), and each
+    landmark file with points outside its image once (WARNING). A named landmark file that is absent
+    is an error under missing_landmarks "error" and leaves the pair unscored under "unscored"."""
+    from .landmarks import read_landmarks
+    from .slides import slide_info
+
+    pairs, images = pairs.copy(), images.copy()
+    for column in ("width", "height", "reader"):
+        images[column] = ""
+    users: dict[str, list[str]] = {}
+    for rec in pairs.itertuples():
+        for iid in (rec.fixed_id, rec.moving_id):
+            if iid:
+                users.setdefault(iid, []).append(rec.pair_id)
+    image_errors: dict[str, str] = {}
+    sizes: dict[str, tuple[int, int]] = {}
+    for i, rec in images.iterrows():
+        if rec["error"]:
+            image_errors[rec["image_id"]] = f"{rec['path']}: {rec['error']}"
+            continue
+        try:
+            info = slide_info(rec["path"])
+        except InputError as exc:
+            images.at[i, "error"] = exc.problem
+            image_errors[rec["image_id"]] = str(exc)
+            log.error("bad input: %s (%s)", exc, _fails(users.get(rec["image_id"], [])))
+            continue
+        images.at[i, "width"], images.at[i, "height"] = str(info.width), str(info.height)
+        images.at[i, "reader"] = info.reader
+        sizes[rec["image_id"]] = (info.width, info.height)
+
+    landmark_users: dict[str, list[str]] = {}
+    landmark_image: dict[str, tuple[str, str]] = {}
+    for rec in pairs.itertuples():
+        for side in ("fixed", "moving"):
+            path = getattr(rec, f"{side}_landmarks_path")
+            if path and not rec.error:      # a path escaping the root is not opened
+                landmark_users.setdefault(path, []).append(rec.pair_id)
+                landmark_image.setdefault(path, (getattr(rec, f"{side}_id"), getattr(rec, side)))
+    landmark_errors: dict[str, str] = {}
+    for path, used_by in landmark_users.items():
+        if not os.path.exists(path):
+            if missing_landmarks == "error":
+                landmark_errors[path] = (f"{path}: landmark file not found (set the dataset's missing_landmarks: "
+                                         "unscored to register such pairs without scoring)")
+                log.error("bad input: %s (%s)", landmark_errors[path], _fails(used_by))
+            continue
+        try:
+            points = read_landmarks(path)
+        except InputError as exc:
+            landmark_errors[path] = str(exc)
+            log.error("bad input: %s (%s)", exc, _fails(used_by))
+            continue
+        image, rel = landmark_image[path]
+        if image in sizes:
+            _warn_outside(path, points, sizes[image], rel)
+
+    for i, rec in pairs.iterrows():
+        problems = [rec["error"]] if rec["error"] else []
+        for iid in (rec["fixed_id"], rec["moving_id"]):
+            if iid in image_errors and not rec["error"]:
+                problems.append(image_errors[iid])
+        for path in (rec["fixed_landmarks_path"], rec["moving_landmarks_path"]):
+            if path in landmark_errors:
+                problems.append(landmark_errors[path])
+        if rec["error"]:
+            log.error("bad input: pair %s (table row %d): %s", rec["pair_id"], rec["row"], rec["error"])
+        pairs.at[i, "error"] = "; ".join(dict.fromkeys(problems))
+    return pairs, images[IMAGE_COLUMNS]
+
+
+def _fails(pair_ids: list[str]) -> str:
+    if not pair_ids:
+        return "no pair uses it"
+    shown = ", ".join(pair_ids[:3]) + (f" and {len(pair_ids) - 3} more" if len(pair_ids) > 3 else "")
+    return f"fails pair{'s' if len(pair_ids) > 1 else ''} {shown}"
+
+
+def _warn_outside(path: str, points, size: tuple[int, int], image_rel: str) -> None:
+    """Landmarks at pixel centres: the image spans [-0.5, w - 0.5] x [-0.5, h - 0.5]."""
+    import numpy as np
+    w, h = size
+    x, y = points[:, 0], points[:, 1]
+    outside = np.flatnonzero((x < -0.5) | (y < -0.5) | (x > w - 0.5) | (y > h - 0.5))
+    if len(outside):
+        first = int(outside[0])
+        log.warning("%s: %d of %d landmarks lie outside their %dx%d px image %s (first: landmark %d at "
+                    "(%.1f, %.1f)); they are scored as they are", path, len(outside), len(points), w, h,
+                    image_rel, first + 1, x[first], y[first])

@@ -7,7 +7,10 @@ moving landmark mapped into the fixed frame and the fixed landmark; rTRE = TRE /
 As ANHIR scores a submission: a warped landmark that is missing (the file is shorter than the moving
 landmark file) or not finite gets the pair's initial error for that point, counts as not improved for
 robustness (the share of landmarks whose error fell below their initial error), and the pair is
-flagged (`n_missing`), never silently dropped.
+flagged (`n_missing`), never silently dropped. A pair that failed (bad input found by the dataset stage,
+or a failure record from a later stage, see outcome.py) is scored the same way as a result with every
+point missing: its initial error, robustness 0, flagged `failed` with its reason; it is unscored only
+when its landmarks or the fixed image's size cannot be read.
 """
 
 from __future__ import annotations
@@ -105,21 +108,46 @@ def evaluate_pair(fixed_landmarks: str, warped_landmarks: str, fixed_size: tuple
     empty = landmark_errors(np.zeros((0, 2)), np.zeros((0, 2)), fixed_size)
     for label, path in (("fixed", fixed_landmarks), ("moving", warped_landmarks)):
         if not path:
-            return empty, {"scored": False, "reason": f"no {label} landmarks named in the cover table"}
+            return empty, {"scored": False, "failed": False, "reason": f"no {label} landmarks named in the cover table"}
         if not os.path.exists(path):
             if missing_landmarks == "unscored":
-                return empty, {"scored": False, "reason": f"{label} landmark file missing: {path}"}
+                return empty, {"scored": False, "failed": False, "reason": f"{label} landmark file missing: {path}"}
             raise InputError(path, f"{label} landmark file not found (set the dataset's "
                                    "missing_landmarks: unscored to register such pairs without scoring)")
     initial = read_landmarks(moving_landmarks or warped_landmarks)
     warped = initial if not moving_landmarks or warped_landmarks == moving_landmarks else \
         _read_warped(warped_landmarks)
     errors = landmark_errors(read_landmarks(fixed_landmarks), warped, fixed_size, initial)
-    summary = {"scored": True, "reason": "", **summarize(errors)}
+    summary = {"scored": True, "reason": "", "failed": False, "failed_stage": "", **summarize(errors)}
     if summary["n_missing"]:
         summary["reason"] = (f"{summary['n_missing']} of {summary['n_landmarks']} warped landmarks missing or "
                              f"not finite in {warped_landmarks}: scored with their initial error")
     return errors, summary
+
+
+def evaluate_failed_pair(fixed_landmarks: str, moving_landmarks: str, fixed_size: tuple[int, int] | None,
+                         table_diagonal: float, reason: str, stage: str) -> tuple[pd.DataFrame, dict]:
+    """A pair without a result because it failed at `stage`: scored as ANHIR scores a missing result
+    (each landmark keeps its initial error, robustness 0) when both landmark files read and the fixed
+    image's size is known (`fixed_size` from its header, else the cover table's diagonal); else unscored.
+    Either way flagged `failed` with `reason`."""
+    failed = {"failed": True, "failed_stage": stage, "reason": reason}
+    empty = landmark_errors(np.zeros((0, 2)), np.zeros((0, 2)), (1, 1))
+    if fixed_size is not None:
+        size = (float(fixed_size[0]), float(fixed_size[1]))
+    elif table_diagonal and np.isfinite(table_diagonal):
+        size = (float(table_diagonal), 0.0)       # only the diagonal enters rTRE
+    else:
+        return empty, {"scored": False, **failed, "unscored_because": "the fixed image's size is unknown"}
+    for label, path in (("fixed", fixed_landmarks), ("moving", moving_landmarks)):
+        if not path or not os.path.exists(path):
+            return empty, {"scored": False, **failed, "unscored_because": f"no {label} landmark file"}
+    try:
+        fixed, initial = read_landmarks(fixed_landmarks), read_landmarks(moving_landmarks)
+    except InputError as exc:
+        return empty, {"scored": False, **failed, "unscored_because": str(exc)}
+    errors = landmark_errors(fixed, np.zeros((0, 2)), size, initial)
+    return errors, {"scored": True, **failed, **summarize(errors)}
 
 
 def execution_seconds(timing_files: list[str]) -> float:
@@ -158,7 +186,8 @@ ANHIR_SCORES = {
 
 def anhir_scores(pairs: pd.DataFrame, methods: list[str]) -> pd.DataFrame:
     """ANHIR's aggregate scores per method and cover-table status (plus `all`): one row each, with the
-    number of scored pairs and how many of them had missing warped landmarks."""
+    number of scored pairs, how many of them had missing warped landmarks and how many failed (scored
+    as missing results: initial error, robustness 0, no execution time)."""
     scored = pairs[pairs["scored"].astype(bool)].copy()
     for column in ("seconds", "robustness", "n_missing"):
         if column not in scored:
@@ -170,13 +199,54 @@ def anhir_scores(pairs: pd.DataFrame, methods: list[str]) -> pd.DataFrame:
         for status, group in groups:
             if group.empty:
                 continue
+            failed = group["failed"].fillna(False).astype(bool) if "failed" in group else pd.Series(False, group.index)
             row = {"method": method, "status": status, "pairs": int(len(group)),
-                   "pairs_with_missing_landmarks": int((group["n_missing"].fillna(0) > 0).sum())}
+                   "pairs_with_missing_landmarks": int(((group["n_missing"].fillna(0) > 0) & ~failed).sum()),
+                   "pairs_failed": int(failed.sum())}
             for name, (column, how) in ANHIR_SCORES.items():
                 values = pd.to_numeric(group[column], errors="coerce").dropna()
                 row[name] = float(getattr(values, how)()) if len(values) else np.nan
             rows.append(row)
     return pd.DataFrame(rows)
+
+
+FAILED_COLUMNS = ["pair_id", "row", "tissue", "status", "moving", "fixed", "stage", "reason", "methods",
+                  "scored"]
+
+
+def failed_pairs(pairs: pd.DataFrame, dataset: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per pair that failed for at least one method: where (`stage`) and why (`reason`, the
+    first method's), the methods it failed for, and whether it could still be scored (its initial
+    error). `pairs`: the per-pair summaries; `dataset`: the normalized pair table (moving, fixed)."""
+    if "failed" not in pairs or not pairs["failed"].fillna(False).astype(bool).any():
+        return pd.DataFrame(columns=FAILED_COLUMNS)
+    failed = pairs[pairs["failed"].fillna(False).astype(bool)]
+    rows = []
+    for pair_id, group in failed.groupby("pair_id", sort=False):
+        first = group.iloc[0]
+        rows.append({"pair_id": pair_id, "row": first.get("row", ""), "tissue": first.get("tissue", ""),
+                     "status": first.get("status", ""), "stage": first.get("failed_stage", ""),
+                     "reason": first.get("reason", ""), "methods": " ".join(group["method"]),
+                     "scored": bool(group["scored"].astype(bool).all())})
+    frame = pd.DataFrame(rows)
+    if dataset is not None:
+        frame = frame.merge(dataset[["pair_id", "moving", "fixed"]], on="pair_id", how="left")
+    else:
+        frame["moving"], frame["fixed"] = "", ""
+    return frame[FAILED_COLUMNS].sort_values("row", kind="stable").reset_index(drop=True)
+
+
+def failed_markdown(failed: pd.DataFrame, total: int) -> str:
+    if failed.empty:
+        return ""
+    lines = [f"## Failed pairs: {len(failed)} of {total}", "",
+             "Scored as ANHIR scores a missing result (each landmark keeps its initial error, robustness 0) "
+             "in every table above; listed in `failed_pairs.csv`.", "",
+             "| pair | tissue | failed at | methods | reason |", "|---|---|---|---|---|"]
+    for r in failed.itertuples(index=False):
+        reason = str(r.reason).replace("|", "\\|") + ("" if r.scored else " (not scored)")
+        lines.append(f"| {r.pair_id} | {r.tissue} | {r.stage} | {r.methods} | {reason} |")
+    return "\n".join(lines) + "\n"
 
 
 def significance(pairs: pd.DataFrame, methods: list[str], reference: str = "srnet", value: str = "rtre_median",

@@ -12,6 +12,8 @@ segmentation (srnet-segmentation-1): `labels` (H, W) uint16, `map` (k, H, W) flo
 field     (srnet-field-1): `field` (2, H, W) float32 on the fixed working grid, working px, channel 0 = dx,
           1 = dy (backward: moving(p + u(p))); attrs affine (2x3, fixed work -> moving work), fixed_scale,
           moving_scale, fixed_full, moving_full, method, pair_id, model_sha256.
+failed    (srnet-failed-1): no datasets; attrs reason, stage and what is known (outcome.py). It stands
+          at the output path of a stage whose pair failed; every reader refuses it with its reason.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ FORMAT_FEATURES = "srnet-features-1"
 FORMAT_CODEBOOK = "srnet-codebook-1"
 FORMAT_SEGMENTATION = "srnet-segmentation-1"
 FORMAT_FIELD = "srnet-field-1"
+FORMAT_FAILED = "srnet-failed-1"      # a failure record (outcome.py)
 
 
 @contextlib.contextmanager
@@ -52,6 +55,10 @@ def open_checked(path: str | os.PathLike, fmt: str) -> h5py.File:
         f = h5py.File(path, "r")
     except OSError as exc:
         raise InputError(path, f"not a readable HDF5 file ({exc})") from None
+    if f.attrs.get("format") == FORMAT_FAILED:       # outcome.py: a failure record stands in for a result
+        reason, stage = f.attrs.get("reason", "?"), f.attrs.get("stage", "an earlier stage")
+        f.close()
+        raise InputError(path, f"holds no result: {stage} failed ({reason})")
     if f.attrs.get("format") != fmt or f.attrs.get("complete") != 1:
         found = f.attrs.get("format", "none")
         f.close()

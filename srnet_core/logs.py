@@ -1,5 +1,6 @@
-"""Logging for workflow jobs: everything to the rule's log file and stderr, and a failure logged as
-one clear line (`<file>: <problem>`) before it propagates to Snakemake."""
+"""Logging for workflow jobs: everything to the rule's log file and stderr. Bad input (InputError) is
+logged as one clear line (`<file>: <problem>`) and ends the job with exit status 1, its traceback kept
+in the log file only; any other failure is logged with its traceback and propagates."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import contextlib
 import logging
 import os
 import sys
+import traceback
 
 from .errors import InputError
 
@@ -24,8 +26,13 @@ def logged(log_file: str | os.PathLike | None, level: int = logging.INFO):
     try:
         yield log
     except InputError as exc:
+        # one line on the console; the traceback only in the job's log file; exit status 1 without
+        # Python printing the traceback again
         log.error("bad input: %s", exc)
-        raise
+        for handler in handlers[1:]:
+            handler.stream.write(traceback.format_exc())
+            handler.flush()
+        raise SystemExit(1) from None
     except Exception:
         log.exception("job failed")
         raise

@@ -31,6 +31,17 @@ def write_preview(path: str | os.PathLike, image: np.ndarray, mask: np.ndarray) 
         pyvips.Image.new_from_array(preview).copy(interpretation="srgb").pngsave(os.fspath(tmp))
 
 
+def header_attrs(source: str | os.PathLike) -> dict:
+    """What a failure record of this image keeps: its source and, when the header reads, its
+    full-resolution size (evaluation scores the pair's initial error with it)."""
+    from .slides import slide_info
+    try:
+        info = slide_info(source)
+    except InputError:
+        return {"source": os.fspath(source)}
+    return {"source": os.fspath(source), "full_width": info.width, "full_height": info.height}
+
+
 def prepare_image(source: str | os.PathLike, dest: str | os.PathLike, *, max_side: int | None = 1024,
                   mpp: float | None = None, min_tissue_fraction: float = 0.005, tile_size: int = 0,
                   tile_min_tissue: float = 0.25, threads: int = 1, error: str = "",

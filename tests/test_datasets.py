@@ -1,4 +1,5 @@
 import os
+import shutil
 
 import pandas as pd
 import pytest
@@ -119,3 +120,66 @@ def test_normalized_table_round_trip(tmp_path, birl):
     back = read_pairs(out)
     assert list(back["pair_id"]) == list(pairs["pair_id"])
     assert back["table_diagonal"].tolist() == pytest.approx([1405.1, 1153.0])
+
+
+def test_repeated_row_is_dropped_with_a_warning_naming_the_table_and_rows(tmp_path, caplog):
+    path = _table(tmp_path, [
+        ["a_1/m.jpg", "a_1/m.csv", "a_1/f.jpg", "a_1/f.csv", "training"],
+        ["a_1/m2.jpg", "a_1/m2.csv", "a_1/f.jpg", "a_1/f.csv", "training"],
+        ["a_1/m.jpg", "a_1/other.csv", "a_1/f.jpg", "a_1/f.csv", "evaluation"],
+    ])
+    with caplog.at_level("WARNING", logger="srnet_core.datasets"):
+        pairs = read_cover_table(path, tmp_path)
+    assert list(pairs["row"]) == [0, 1] and (pairs["error"] == "").all() and pairs["pair_id"].is_unique
+    assert pairs.iloc[0]["moving_landmarks"] == "a_1/m.csv"                 # the first row is kept
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{path}: row 2 repeats row 0 (moving a_1/m.jpg, fixed a_1/f.jpg); dropped"]
+
+
+def test_screen_finds_bad_images_and_landmark_files_once(tmp_path, birl, caplog):
+    """Real BIRL images and landmarks beside an unsupported file, a missing image and two bad landmark
+    files: each problem becomes the error of every pair it touches, logged once; sizes come from the
+    headers; landmarks outside their image are a warning, once per file."""
+    from srnet_core.datasets import screen
+    src = birl / "rat-kidney_/scale-5pc"
+    root = tmp_path / "root"
+    (root / "k_1").mkdir(parents=True)
+    for name in ("Rat-Kidney_HE.jpg", "Rat-Kidney_PanCytokeratin.jpg", "Rat-Kidney_PanCytokeratin.csv"):
+        shutil.copy(src / name, root / "k_1" / name)
+    points = pd.read_csv(src / "Rat-Kidney_HE.csv", index_col=0)
+    points.iloc[0] = [-3.0, 10.0]
+    points.to_csv(root / "k_1/HE.csv")
+    (root / "k_1/slide.svs").write_bytes(b"not a slide\n" * 50)
+    (root / "k_1/cols.csv").write_text(",A,B\n1,2,3\n")
+    fixed, fixed_lm, moving, moving_lm = "k_1/Rat-Kidney_HE.jpg", "k_1/HE.csv", "k_1/Rat-Kidney_PanCytokeratin.jpg", \
+        "k_1/Rat-Kidney_PanCytokeratin.csv"
+    path = _table(tmp_path, [
+        [moving, moving_lm, fixed, fixed_lm, "training"],
+        ["k_1/slide.svs", moving_lm, fixed, fixed_lm, "training"],
+        ["k_1/slide.svs", moving_lm, moving, moving_lm, "training"],
+        ["k_1/absent.jpg", moving_lm, fixed, fixed_lm, "training"],
+        [fixed, "k_1/cols.csv", moving, moving_lm, "training"],
+        [moving, "k_1/gone.csv", "k_1/slide.svs", moving_lm, "evaluation"],
+    ])
+    pairs = read_cover_table(path, root)
+    with caplog.at_level("WARNING", logger="srnet_core.datasets"):
+        screened, images = screen(pairs, images_of(pairs, root), missing_landmarks="error")
+    errors = list(screened["error"])
+    assert errors[0] == ""
+    assert "slide.svs: unsupported or unreadable image format" in errors[1] and errors[1] == errors[2]
+    assert errors[3] == f"{root / 'k_1/absent.jpg'}: image file not found"
+    assert errors[4] == f"{root / 'k_1/cols.csv'}: landmark CSV lacks column(s) X, Y (found: ['Unnamed: 0', 'A', " \
+                        "'B']); expected the ANHIR layout ',X,Y'"
+    assert "slide.svs: unsupported" in errors[5] and "gone.csv: landmark file not found" in errors[5]
+    images = images.set_index("rel")
+    assert images.loc[fixed, ["width", "height", "reader"]].tolist() == ["1164", "787", "libvips"]
+    assert images.loc["k_1/slide.svs", "width"] == "" and "unsupported" in images.loc["k_1/slide.svs", "error"]
+    messages = [r.getMessage() for r in caplog.records]
+    for culprit in ("slide.svs: unsupported", "absent.jpg: image file", "cols.csv: landmark CSV", "gone.csv"):
+        assert sum(culprit in m for m in messages) == 1, (culprit, messages)
+    assert [m for m in messages if "outside" in m] == [
+        f"{root / 'k_1/HE.csv'}: 1 of 71 landmarks lie outside their 1164x787 px image {fixed} (first: landmark 1 "
+        "at (-3.0, 10.0)); they are scored as they are"]
+    # under missing_landmarks: unscored an absent landmark file is no error
+    screened, _ = screen(pairs, images_of(pairs, root), missing_landmarks="unscored")
+    assert "gone.csv" not in screened.loc[5, "error"] and "slide.svs" in screened.loc[5, "error"]

@@ -167,3 +167,53 @@ def test_real_anhir_cover_table_gives_eight_tissue_rows(anhir_table, tmp_path):
     assert table.loc["All", "pairs"] == 230
     assert table["pairs"].iloc[1:].sum() == 230
     assert table.loc["All", "initial"] == pytest.approx(np.median(training["rtre_median"]))
+
+
+def test_failed_pair_is_scored_as_a_missing_result(tmp_path, birl):
+    """ANHIR's rule for a pair without a result: every landmark keeps its initial error, robustness 0;
+    unscored only when its landmarks or the fixed image's size cannot be read."""
+    from srnet_core.evaluation import evaluate_failed_pair
+    fixed = str(birl / "rat-kidney_/scale-5pc/Rat-Kidney_HE.csv")
+    moving = str(birl / "rat-kidney_/scale-5pc/Rat-Kidney_PanCytokeratin.csv")
+    _, initial = evaluate_pair(fixed, moving, (1164, 787))
+    errors, summary = evaluate_failed_pair(fixed, moving, (1164, 787), float("nan"), "x.jpg: truncated", "prepare")
+    assert summary["scored"] and summary["failed"] and summary["failed_stage"] == "prepare"
+    assert summary["reason"] == "x.jpg: truncated" and summary["robustness"] == 0
+    assert summary["rtre_median"] == pytest.approx(initial["rtre_median"], rel=1e-12)
+    assert summary["n_missing"] == summary["n_landmarks"] == 69 and errors["missing"].all()
+    # the fixed image unreadable: the cover table's diagonal gives the same numbers
+    _, by_table = evaluate_failed_pair(fixed, moving, None, float(np.hypot(1164, 787)), "r", "dataset")
+    assert by_table["rtre_median"] == pytest.approx(initial["rtre_median"], rel=1e-12)
+    bad = tmp_path / "bad.csv"
+    bad.write_text(",X,Y\n1,ten,2\n")
+    for args in ((fixed, str(bad), (1164, 787), np.nan), (fixed, moving, None, np.nan),
+                 (fixed, "", (1164, 787), np.nan)):
+        _, unscored = evaluate_failed_pair(*args, "r", "dataset")
+        assert not unscored["scored"] and unscored["failed"] and unscored["unscored_because"]
+
+
+def test_failed_pairs_are_listed_once_and_counted_in_the_scores():
+    from srnet_core.evaluation import anhir_scores, failed_markdown, failed_pairs
+    pairs = _pairs([
+        ("p1", "a", "training", "srnet", True, 0.01, 0.02, 0.05, 0.9, 2.0, 0),
+        ("p2", "a", "training", "srnet", True, 0.05, 0.06, 0.10, 0.0, np.nan, 69),
+        ("p2", "a", "training", "initial", True, 0.05, 0.06, 0.10, 0.0, np.nan, 69),
+        ("p3", "b", "evaluation", "srnet", False, np.nan, np.nan, np.nan, np.nan, np.nan, 0),
+    ])
+    pairs["failed"] = [False, True, True, True]
+    pairs["failed_stage"] = ["", "prepare", "prepare", "dataset"]
+    pairs["reason"] = ["", "m.jpg: truncated", "m.jpg: truncated", "l.csv: lacks column X"]
+    pairs["row"] = [0, 1, 1, 2]
+    failed = failed_pairs(pairs, pd.DataFrame({"pair_id": ["p1", "p2", "p3"], "moving": ["a", "m.jpg", "c"],
+                                               "fixed": ["f", "f", "f"]}))
+    assert list(failed["pair_id"]) == ["p2", "p3"]
+    assert failed.iloc[0][["stage", "reason", "methods", "moving", "scored"]].tolist() == \
+        ["prepare", "m.jpg: truncated", "srnet initial", "m.jpg", True]
+    assert not failed.iloc[1]["scored"]
+    md = failed_markdown(failed, 3)
+    assert "## Failed pairs: 2 of 3" in md and "| p3 | b | dataset | srnet | l.csv: lacks column X (not scored) |" in md
+    scores = anhir_scores(pairs, ["initial", "srnet"]).set_index(["method", "status"])
+    s = scores.loc[("srnet", "all")]
+    assert s["pairs"] == 2 and s["pairs_failed"] == 1 and s["pairs_with_missing_landmarks"] == 0
+    assert s["Average-Robustness"] == pytest.approx(0.45) and s["Average-Execution-time [s]"] == 2.0
+    assert failed_pairs(pairs[~pairs["failed"]]).empty

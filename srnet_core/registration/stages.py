@@ -16,6 +16,8 @@ from ..atomic import write_text_atomic
 from ..errors import InputError
 from ..h5io import read_codebook, read_field, read_prepared, write_field
 from ..landmarks import read_landmarks, write_landmarks
+from ..outcome import usable
+from ..record import pass_on
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +28,8 @@ def pick_device():
 
 
 def affine_stage(fixed_prepared: str, moving_prepared: str, out_json: str, pair_id: str, settings: dict) -> dict:
+    if pass_on([fixed_prepared, moving_prepared], [out_json], "affine"):   # an image failed: outcome.py
+        return {}
     from .affine import AffineSettings, pre_align, tissue_density
     fixed, moving = read_prepared(fixed_prepared), read_prepared(moving_prepared)
     for path, p in ((fixed_prepared, fixed), (moving_prepared, moving)):
@@ -59,6 +63,8 @@ def train_stage(pairs: list[dict], codebook: str | None, method_name: str, metho
     from .train import write_history
     method_ = MethodSettings(**method)
     settings_ = TrainSettings(**settings)
+    pairs = usable(pairs, f"training {method_name}", files=lambda p: list(p.values()),
+                   name=lambda p: os.path.basename(p["affine"]).removesuffix(".json"))
     k, codebook_sha = _codebook_k(codebook if method_.uses_maps else None)
     stacks = [load_pair_stack(p["fixed"], p["moving"], p["affine"],
                               p.get("fixed_seg") if method_.uses_maps else None,
@@ -92,7 +98,11 @@ def register_stage(*, fixed_prepared: str, moving_prepared: str, affine: str, pa
     `instance_lambda_smooth`: the regulariser's weight during instance optimisation (None: the method's);
     `instance_levels`: coarse-to-fine grids of instance optimisation (1: the registration grid only);
     `instance_fine_steps`: further steps on a grid 2x finer than the registration grid (0: none);
-    `reflections`: the network's field averaged over mirrored inputs (infer.reflection_averaged_field)."""
+    `reflections`: the network's field averaged over mirrored inputs (infer.reflection_averaged_field).
+    A failure record among the pair's inputs (outcome.py) is passed on to every output."""
+    if pass_on([fixed_prepared, moving_prepared, affine, fixed_seg, moving_seg],
+               [out_field, out_landmarks, out_overlay, out_timing], method_name):
+        return {}
     from .data import load_pair_stack
     from .infer import instance_optimise, predict_field
     from .train import MethodSettings, check_model_inputs, load_model
@@ -184,6 +194,8 @@ def write_registration(stack, field: np.ndarray, coarse: np.ndarray, pair_id: st
 def warp_slide_stage(moving_source: str, field_path: str, fixed_prepared: str, out_tif: str) -> None:
     from .infer import warp_slide
     from .transform import Transform
+    if pass_on([fixed_prepared, field_path], [out_tif], "warp_slide"):
+        return
     fixed = read_prepared(fixed_prepared)
     field, attrs = read_field(field_path, fixed.mask.shape)
     transform = Transform(np.asarray(attrs["affine"], dtype=np.float64), field, tuple(attrs["fixed_scale"]),

@@ -9,6 +9,8 @@ import time
 
 from ..errors import InputError
 from ..h5io import features_writer, read_prepared
+from ..outcome import usable
+from ..record import pass_on
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +24,7 @@ def pretrain_stage(prepared_paths: list[str], model_path: str, loss_csv: str, *,
     from .pretrain import PretrainSettings, Sample, load_glas, pretrain_and_save, pseudo_labels
     settings_ = PretrainSettings(**(settings or {}))
     images = []
-    for path in prepared_paths:
+    for path in usable(list(prepared_paths), "FGSN pretraining", name=os.path.basename):
         p = read_prepared(path)
         rgb, mask = downsample_for_features(p.image, p.mask, feature_stride)
         images.append((rgb, mask, os.path.basename(path)))
@@ -46,6 +48,8 @@ def extract_stage(prepared_path: str, model_path: str, out_path: str, image_id: 
     working grid, so every later stage indexes features like the prepared image."""
     from .fgsn import (downsample_for_features, load_checkpoint, normalise_image, pick_device,
                        tiled_features, upsample_linear)
+    if pass_on([prepared_path], [out_path], "extract_features"):
+        return
     device = pick_device()
     model, projection, checksum = load_checkpoint(model_path, device)
     prepared = read_prepared(prepared_path)

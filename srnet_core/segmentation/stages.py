@@ -11,6 +11,8 @@ import numpy as np
 from ..errors import InputError
 from ..h5io import (read_codebook, read_features, read_prepared, read_prepared_mask,
                     write_codebook, write_segmentation)
+from ..outcome import usable
+from ..record import pass_on
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +44,9 @@ def codebook_stage(feature_paths: list[str], prepared_paths: list[str], dataset:
                    references: int = 10, samples: int = 50000, seed: int = 0) -> int:
     from ..atomic import write_csv_atomic
     from .clustering import candidate_ks, fit_centres, gap_statistic
+    kept = usable(list(zip(feature_paths, prepared_paths, strict=True)), "codebook", files=list,
+                  name=lambda item: os.path.basename(item[1]))
+    feature_paths, prepared_paths = [f for f, _ in kept], [p for _, p in kept]
     first_attrs = read_features(feature_paths[0], rows=slice(0, 1))[1]
     model = str(first_attrs["model_sha256"])
     data = sample_pixels(feature_paths, prepared_paths, samples, seed, model_sha256=model)
@@ -64,6 +69,8 @@ def segment_stage(features_path: str, prepared_path: str, codebook_path: str, da
 
     from ..atomic import atomic_path, sha256_of
     from .clustering import assign
+    if pass_on([features_path, prepared_path], [out_h5, out_png], "segment"):
+        return
     centres, cb = read_codebook(codebook_path, dataset=dataset)
     prepared = read_prepared(prepared_path)
     if not prepared.mask.any():
