@@ -49,6 +49,7 @@ localrules:
     segmentation_done,
     evaluate,
     tables,
+    check_pairs,
     submission,
 
 
@@ -56,6 +57,7 @@ rule all:
     default_target: True
     input:
         expand("results/{dataset}/tables/median_rtre.csv", dataset=config["run"]),
+        expand("results/{dataset}/tables/check_pairs.txt", dataset=config["run"]),
         all_submissions(),
         expand("results/{dataset}/tables/table2.md", dataset=config["brain"]["run"]),
         expand("results/{dataset}/segmentation/done.txt", dataset=config["run"])

@@ -1,5 +1,7 @@
 # Stage: per-tissue median rTRE tables over all pairs and methods, ANHIR's aggregate scores, the
 # significance of the reference method against the others, box plots, and ANHIR submission folders.
+# Failed pairs are in every table as missing results and listed in failed_pairs.csv; check_pairs then
+# fails the run, naming them, while any are left.
 
 
 rule tables:
@@ -16,6 +18,12 @@ rule tables:
         ),
         md="results/{dataset}/tables/median_rtre.md",
         pairs="results/{dataset}/tables/pairs.csv",
+        failed=report(
+            "results/{dataset}/tables/failed_pairs.csv",
+            caption="../report/failed_pairs.rst",
+            category="Tables",
+            labels={"dataset": "{dataset}", "table": "failed pairs"},
+        ),
         scores_csv=report(
             "results/{dataset}/tables/anhir_scores.csv",
             caption="../report/anhir_scores.rst",
@@ -48,6 +56,25 @@ rule tables:
         mem_mb=1000,
     script:
         "../workflow_scripts/tables.py"
+
+
+rule check_pairs:
+    """Last: exits non-zero, naming them, while pairs failed (so schedulers notice); writes its output
+    only when every pair finished."""
+    input:
+        failed="results/{dataset}/tables/failed_pairs.csv",
+        pairs="results/{dataset}/dataset.csv",
+    output:
+        "results/{dataset}/tables/check_pairs.txt",
+    log:
+        "logs/check_pairs/{dataset}.log",
+    conda:
+        "../envs/evaluate.yaml"
+    threads: 1
+    resources:
+        mem_mb=200,
+    script:
+        "../workflow_scripts/check_pairs.py"
 
 
 rule submission:

@@ -5,7 +5,7 @@ import re
 from srnet_core.codehash import source_hash
 from srnet_core.config import validate_config
 from srnet_core.names import BASELINES
-from srnet_core.datasets import read_pairs
+from srnet_core.datasets import read_cover_table, read_pairs
 from srnet_core.demo import demo_files
 
 validate_config(config)
@@ -47,6 +47,34 @@ def raw_inputs(wildcards):
     return existing(cover_table(wildcards.dataset))
 
 
+def screened_files(wildcards):
+    """The images and landmark files of a local dataset that exist: the dataset stage opens them (header,
+    landmarks), so its verdict is made again when one is repaired, replaced or appears."""
+    import logging
+
+    d = ds_config(wildcards.dataset)
+    if d["source"] != "local":
+        return []                     # demo and download files are already inputs (raw_inputs)
+    quiet = logging.getLogger("srnet_core.datasets")
+    quiet.disabled = True             # its warnings belong to the dataset job's log, not to every DAG build
+    try:
+        pairs = read_pairs_of_table(cover_table(wildcards.dataset), d["root"], d["strip_prefix"])
+    except Exception:                 # a bad cover table: the dataset job reports it
+        return []
+    finally:
+        quiet.disabled = False
+    columns = ["fixed_path", "moving_path", "fixed_landmarks_path", "moving_landmarks_path"]
+    paths = {p for c in columns for p, e in zip(pairs[c], pairs["error"]) if p and not e}
+    return sorted(p for p in paths if os.path.exists(p))
+
+
+def read_pairs_of_table(table, root, strip_prefix):
+    key = ("cover", table, root, strip_prefix, os.stat(table).st_mtime_ns)
+    if key not in _TABLES:
+        _TABLES[key] = read_cover_table(table, root, strip_prefix=strip_prefix)
+    return _TABLES[key]
+
+
 def download_entry(dataset, path):
     d = ds_config(dataset)
     entry = next(f for f in d["files"] if f["path"] == path)
@@ -76,6 +104,13 @@ def images_table(dataset):
     return _cached_table(checkpoints.dataset.get(dataset=dataset).output.images, "image_id")
 
 
+def usable_pairs(dataset):
+    """The pairs the dataset stage found nothing wrong with: the others are never prepared, registered or
+    trained on; evaluation scores them as failed."""
+    pairs = pairs_table(dataset)
+    return pairs[pairs["error"] == ""]
+
+
 def image_record(wildcards):
     return images_table(wildcards.dataset).loc[wildcards.image_id]
 
@@ -90,7 +125,7 @@ def warped_landmarks(wildcards):
     evaluation reports why it is unscored; it is still registered (see all_registrations)."""
     pair = pair_record(wildcards)
     raw = pair["moving_landmarks_path"]
-    if wildcards.method == "initial" or not raw or not os.path.exists(raw):
+    if wildcards.method == "initial" or pair["error"] or not raw or not os.path.exists(raw):
         return raw
     return f"results/{wildcards.dataset}/registration/{wildcards.method}/{wildcards.pair_id}/warped_landmarks.csv"
 
@@ -107,15 +142,15 @@ def evaluation_landmarks(wildcards):
 def registration_timing(wildcards):
     """What a pair's execution time is read from: the affine step's JSON and the method's register
     timing (none for `initial`, which does nothing)."""
-    if wildcards.method == "initial":
+    if wildcards.method == "initial" or pair_record(wildcards)["error"]:
         return []
     return [f"results/{wildcards.dataset}/affine/{wildcards.pair_id}.json",
             f"results/{wildcards.dataset}/registration/{wildcards.method}/{wildcards.pair_id}/timing.json"]
 
 
 def submission_landmarks(wildcards):
-    """The method's warped landmarks of every pair that has moving landmarks."""
-    pairs = pairs_table(wildcards.dataset)
+    """The method's warped landmarks of every pair registered (those without a dataset-stage error)."""
+    pairs = usable_pairs(wildcards.dataset)
     return [f"results/{wildcards.dataset}/registration/{wildcards.method}/{p}/warped_landmarks.csv"
             for p in pairs["pair_id"]]
 
@@ -198,13 +233,14 @@ def register_inputs(wildcards):
 
 
 def all_registrations(wildcards):
-    """Every pair registered by every method the tables ask for (scored or not)."""
+    """Every pair registered by every method the tables ask for (scored or not), except those the dataset
+    stage found broken."""
     methods = [m for m in config["evaluate"]["methods"] if m != "initial"]
     outputs = expand(
         "results/{dataset}/registration/{method}/{pair_id}/timing.json",
         dataset=wildcards.dataset,
         method=methods,
-        pair_id=pairs_table(wildcards.dataset)["pair_id"],
+        pair_id=usable_pairs(wildcards.dataset)["pair_id"],
     )
     if config["registration"]["infer"]["warp_slide"]:
         outputs += [o.replace("timing.json", "warped_moving.tif") for o in outputs]
@@ -241,11 +277,14 @@ def features_of(dataset, ids):
 
 
 def segmentation_outputs(wildcards):
-    """Every image's segmentation map (the default target builds them when segmentation is enabled)."""
+    """The segmentation map of every image of a usable pair (the default target builds them when
+    segmentation is enabled)."""
     if not config["segmentation"]["enabled"]:
         return []
-    images = images_table(wildcards.dataset)
-    return [f"results/{wildcards.dataset}/segmentation/{i}.h5" for i in images.index]
+    pairs = usable_pairs(wildcards.dataset)
+    used = set(pairs["fixed_id"]) | set(pairs["moving_id"])
+    return [f"results/{wildcards.dataset}/segmentation/{i}.h5" for i in images_table(wildcards.dataset).index
+            if i in used]
 
 
 _CODE_HASHES = {}

@@ -66,6 +66,7 @@ rule unpack:
 checkpoint dataset:
     input:
         raw_inputs,
+        screened_files,
     output:
         pairs="results/{dataset}/dataset.csv",
         images="results/{dataset}/images.csv",
@@ -74,6 +75,7 @@ checkpoint dataset:
         root=lambda wc: ds_config(wc.dataset)["root"],
         strip_prefix=lambda wc: ds_config(wc.dataset)["strip_prefix"],
         tissues=lambda wc: ds_config(wc.dataset)["tissues"],
+        missing_landmarks=lambda wc: ds_config(wc.dataset)["missing_landmarks"],
         code=script_code("dataset.py"),
     log:
         "logs/dataset/{dataset}.log",

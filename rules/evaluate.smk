@@ -1,10 +1,28 @@
-# Stage: errors of one pair for one method (rTRE against the fixed landmarks).
+# Stage: errors of one pair for one method (rTRE against the fixed landmarks). A pair the dataset stage
+# found broken has no prepared images or registration to wait for: it is scored as failed straight away.
+
+
+def prepared_for_evaluation(side):
+    def inputs(wildcards):
+        pair = pair_record(wildcards)
+        return [] if pair["error"] else [f"results/{wildcards.dataset}/prepared/{pair[side + '_id']}.h5"]
+
+    return inputs
+
+
+def fixed_header_size(wildcards):
+    """(width, height) of the fixed image from its header (dataset stage); None when unreadable."""
+    pair = pair_record(wildcards)
+    if not pair["fixed_id"]:
+        return None
+    image = images_table(wildcards.dataset).loc[pair["fixed_id"]]
+    return [int(float(image["width"])), int(float(image["height"]))] if image.get("width", "") else None
 
 
 rule evaluate:
     input:
-        fixed=lambda wc: f"results/{wc.dataset}/prepared/{pair_record(wc)['fixed_id']}.h5",
-        moving=lambda wc: f"results/{wc.dataset}/prepared/{pair_record(wc)['moving_id']}.h5",
+        fixed=prepared_for_evaluation("fixed"),
+        moving=prepared_for_evaluation("moving"),
         landmarks=evaluation_landmarks,
         timing=registration_timing,
     output:
@@ -14,6 +32,7 @@ rule evaluate:
         pair=lambda wc: pair_record(wc)[["tissue", "status", "row", "error"]].to_dict(),
         fixed_landmarks=lambda wc: pair_record(wc)["fixed_landmarks_path"],
         table_diagonal=lambda wc: float(pair_record(wc)["table_diagonal"]),
+        fixed_header_size=fixed_header_size,
         warped_landmarks=warped_landmarks,
         moving_landmarks=lambda wc: pair_record(wc)["moving_landmarks_path"],
         missing_landmarks=lambda wc: ds_config(wc.dataset)["missing_landmarks"],

@@ -1,10 +1,12 @@
-# Stage 2: one working-resolution image, tissue mask and exact scale factors per image.
+# Stage 2: one working-resolution image, tissue mask and exact scale factors per image. A bad image
+# (truncated pixel data, no tissue) gives failure records (srnet_core/outcome.py) instead of a failed job.
+# The image table is reached through the checkpoint (image_record), not as an input file: a change to
+# another image's row (repaired, added) must not re-prepare this one; its own path and error are params.
 
 
 rule prepare:
     input:
         image=lambda wc: existing(image_record(wc)["path"]),
-        images="results/{dataset}/images.csv",
     output:
         h5="results/{dataset}/prepared/{image_id}.h5",
         preview="results/{dataset}/prepared/{image_id}.png",

@@ -57,11 +57,12 @@ def test_code_change_reruns_exactly_the_stages_that_run_it(tmp_path, birl):
     assert "Nothing to be done" in (lambda r: r.stdout + r.stderr)(snakemake("-n"))
     with open(wf / "srnet_core/evaluation.py", "a") as f:
         f.write("\n# changed: evaluation code\n")
-    assert job_counts(snakemake("-n", "--quiet", "rules")) == {"evaluate": 2, "tables": 1, "all": 1}
+    assert job_counts(snakemake("-n", "--quiet", "rules")) == {"evaluate": 2, "tables": 1, "check_pairs": 1,
+                                                               "all": 1}
     with open(wf / "srnet_core/tissue.py", "a") as f:
         f.write("\n# changed: tissue masks\n")
     assert job_counts(snakemake("-n", "--quiet", "rules")) == {"prepare": 4, "evaluate": 2, "tables": 1,
-                                                               "all": 1}
+                                                               "check_pairs": 1, "all": 1}
 
 
 def _start(workdir: Path, cfg: Path, log: Path) -> subprocess.Popen:

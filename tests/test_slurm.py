@@ -34,7 +34,8 @@ SMALL_CONFIG = {
     "evaluate": {"methods": ["initial", "affine", "srnet"]},
 }
 # Light rules that run on the node running Snakemake (the Snakefile's `localrules`), in this run.
-LOCAL_RULES = {"all", "demo_dataset", "dataset", "evaluate", "segmentation_done", "tables", "submission"}
+LOCAL_RULES = {"all", "demo_dataset", "dataset", "evaluate", "segmentation_done", "tables", "check_pairs",
+               "submission"}
 SUBMITTED = re.compile(r"Job (\d+) has been submitted with SLURM jobid (\d+) \(log: (\S+)\)\.")
 
 

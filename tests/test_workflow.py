@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from conftest import REPO, job_counts, run_snakemake
+from srnet_core.errors import InputError
 from srnet_core.h5io import read_prepared_attrs
 
 pytestmark = pytest.mark.workflow
@@ -136,7 +137,7 @@ def test_demo_end_to_end_then_nothing_to_do(tmp_path):
 
     # a preparation setting re-runs preparation and what follows, not the data stages
     changed = run_snakemake(tmp_path, *with_change({"prepare": {"max_side": 512}}), "-n", "--quiet", "rules")
-    assert job_counts(changed) == {"prepare": 9, "evaluate": 24, "tables": 1, "pretrain_fgsn": 1,
+    assert job_counts(changed) == {"prepare": 9, "evaluate": 24, "tables": 1, "check_pairs": 1, "pretrain_fgsn": 1,
                                     "extract_features": 9, "fit_codebook": 1, "segment": 9,
                                     "segmentation_done": 1, "affine": 6, "train_registration": 2,
                                     "register": 18, "submission": 1, "all": 1}
@@ -145,18 +146,20 @@ def test_demo_end_to_end_then_nothing_to_do(tmp_path):
     changed = run_snakemake(tmp_path, *with_change({"segmentation": {"clustering": {"references": 5}}}),
                             "-n", "--quiet", "rules")
     assert job_counts(changed) == {"fit_codebook": 1, "segment": 9, "segmentation_done": 1, "train_registration": 1,
-                                    "register": 6, "evaluate": 6, "tables": 1, "submission": 1, "all": 1}
+                                    "register": 6, "evaluate": 6, "tables": 1, "check_pairs": 1, "submission": 1,
+                                    "all": 1}
     # lambda2 of srnet re-runs srnet's training and what follows only
     changed = run_snakemake(tmp_path, *with_change({"registration": {"methods": {"srnet": {"lambda_seg": 2.0}}}}),
                             "-n", "--quiet", "rules")
     assert job_counts(changed) == {"train_registration": 1, "register": 6, "evaluate": 6, "tables": 1,
-                                    "submission": 1, "all": 1}
+                                    "check_pairs": 1, "submission": 1, "all": 1}
 
     # the regulariser of instance optimisation re-runs the learned methods' registrations and what
     # follows: no training, not the affine column
     changed = run_snakemake(tmp_path, *with_change({"registration": {"infer": {"instance_lambda_smooth": 0.5}}}),
                             "-n", "--quiet", "rules")
-    assert job_counts(changed) == {"register": 12, "evaluate": 12, "tables": 1, "submission": 1, "all": 1}
+    assert job_counts(changed) == {"register": 12, "evaluate": 12, "tables": 1, "check_pairs": 1, "submission": 1,
+                                    "all": 1}
 
     # apply mode: srnet's model from this run registers the pairs; no training job
     model = tmp_path / "results/demo/models/srnet/model.pt"
@@ -167,24 +170,31 @@ def test_demo_end_to_end_then_nothing_to_do(tmp_path):
 
 
 BAD_CASES = {
-    # name: (moving image, moving landmarks, expected message, failing rule)
+    # name: (moving image, moving landmarks, expected message, stage that finds it)
     "truncated": ("bad/trunc.jpg", "bad/good.csv", "truncated", "prepare"),
-    "unsupported": ("bad/slide.svs", "bad/good.csv", "unsupported or unreadable image format", "prepare"),
+    "unsupported": ("bad/slide.svs", "bad/good.csv", "unsupported or unreadable image format", "dataset"),
     "blank": ("bad/blank.png", "bad/good.csv", "no tissue found", "prepare"),
-    "escape": ("../outside.jpg", "bad/good.csv", "escapes the dataset root", "prepare"),
-    "missing_landmarks": ("bad/moving.jpg", "bad/absent.csv", "landmark file not found", "evaluate"),
-    "landmark_columns": ("bad/moving2.jpg", "bad/cols.csv", "lacks column", "evaluate"),
-    "landmark_values": ("bad/moving3.jpg", "bad/values.csv", "non-numeric X value", "evaluate"),
+    "escape": ("../outside.jpg", "bad/good.csv", "escapes the dataset root", "dataset"),
+    "missing_image": ("bad/absent.jpg", "bad/good.csv", "image file not found", "dataset"),
+    "missing_landmarks": ("bad/moving.jpg", "bad/absent.csv", "landmark file not found", "dataset"),
+    "landmark_columns": ("bad/moving2.jpg", "bad/cols.csv", "lacks column", "dataset"),
+    "landmark_values": ("bad/moving3.jpg", "bad/values.csv", "non-numeric X value", "dataset"),
 }
+BAD_LANDMARKS = ("missing_landmarks", "landmark_columns", "landmark_values")
+GOOD_MOVING = "good/Rat-Kidney_PanCytokeratin.jpg"
 
 
 def _write_bad_dataset(root: Path, birl: Path) -> Path:
+    """The real rat-kidney pair, BAD_CASES (each against the same fixed image) and a repeat of the first
+    row; one of the fixed image's landmarks (shared by every pair) is moved outside the image."""
     src = birl / "rat-kidney_/scale-5pc"
     (root / "good").mkdir(parents=True)
     (root / "bad").mkdir()
-    for name in ("Rat-Kidney_HE.jpg", "Rat-Kidney_HE.csv", "Rat-Kidney_PanCytokeratin.jpg",
-                 "Rat-Kidney_PanCytokeratin.csv"):
+    for name in ("Rat-Kidney_HE.jpg", "Rat-Kidney_PanCytokeratin.jpg", "Rat-Kidney_PanCytokeratin.csv"):
         shutil.copy(src / name, root / "good" / name)
+    fixed_points = pd.read_csv(src / "Rat-Kidney_HE.csv", index_col=0)
+    fixed_points.iloc[2] = [5000.0, 40.0]                # the image is 1164 px wide
+    fixed_points.to_csv(root / "good/Rat-Kidney_HE.csv")
     moving = (src / "Rat-Kidney_PanCytokeratin.jpg").read_bytes()
     (root / "bad/trunc.jpg").write_bytes(moving[: len(moving) // 3])
     (root / "bad/slide.svs").write_bytes(b"not a slide\n" * 200)
@@ -199,43 +209,124 @@ def _write_bad_dataset(root: Path, birl: Path) -> Path:
     pyvips.Image.new_from_array(blank).pngsave(str(root / "bad/blank.png"))
     (root.parent / "outside.jpg").write_bytes(moving)
     fixed, fixed_lm = "good/Rat-Kidney_HE.jpg", "good/Rat-Kidney_HE.csv"
-    rows = [["good/Rat-Kidney_PanCytokeratin.jpg", "good/Rat-Kidney_PanCytokeratin.csv", fixed, fixed_lm, "training"]]
-    rows += [[m, lm, fixed, fixed_lm, "training"] for m, lm, _, _ in BAD_CASES.values()]
+    first = [GOOD_MOVING, "good/Rat-Kidney_PanCytokeratin.csv", fixed, fixed_lm, "training"]
+    rows = [first] + [[m, lm, fixed, fixed_lm, "training"] for m, lm, _, _ in BAD_CASES.values()] + [first]
     table = root / "cover.csv"
     pd.DataFrame(rows, columns=["Source image", "Source landmarks", "Target image", "Target landmarks",
                                 "status"]).to_csv(table)
     return table
 
 
-def test_bad_inputs_fail_alone_under_keep_going(tmp_path, birl):
+# initial and a learned method (srnet_noseg: no maps, so no segmentation stages) trained for a few
+# iterations, after a short affine search (the pair's rotation is near 0): enough to show that bad pairs
+# block neither training nor the tables
+BAD_RUN = {"segmentation": {"enabled": False},
+           "registration": {"affine": {"angles": 4, "flips": False, "iterations": 30},
+                            "train": {"iterations": 4, "batch_size": 2, "patch": 64},
+                            "infer": {"instance_steps": 0, "instance_fine_steps": 0}},
+           "evaluate": {"methods": ["initial", "srnet_noseg"], "reference": "srnet_noseg"}}
+
+
+def test_bad_inputs_fail_alone_and_the_tables_hold_them(tmp_path, birl):
+    """A dataset of one real pair beside every kind of bad input, run as a user would (`--keep-going`):
+    each problem is reported once, as one line naming the file, with no traceback; training and the
+    tables go on without the failed pairs; they are listed with their reasons and scored as ANHIR
+    scores a missing result; the run exits non-zero naming them; nothing partial is left."""
     root = tmp_path / "data_root" / "ds"
     table = _write_bad_dataset(root, birl)
     work = tmp_path / "work"
     work.mkdir()
-    config = {"run": ["bad"], "datasets": {"bad": {"source": "local", "root": str(root), "table": str(table)}}}
+    config = {"run": ["bad"], "datasets": {"bad": {"source": "local", "root": str(root), "table": str(table)}},
+              **BAD_RUN}
     (work / "cfg.yaml").write_text(yaml.safe_dump(config))
     result = run_snakemake(work, "--configfile", str(work / "cfg.yaml"), "--keep-going")
     assert result.returncode != 0
-    pairs = pd.read_csv(work / "results/bad/dataset.csv").set_index("moving")
-    # the good pair finished: evaluated, with the same numbers a clean run gives
-    good = pairs.loc["good/Rat-Kidney_PanCytokeratin.jpg", "pair_id"]
-    summary = json.loads((work / f"results/bad/evaluation/initial/{good}.json").read_text())
-    assert summary["scored"] and summary["n_landmarks"] == 69
-    logs = {p: p.read_text() for p in (work / "logs").rglob("*.log")}
-    for name, (moving, _, message, rule) in BAD_CASES.items():
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    pairs = pd.read_csv(work / "results/bad/dataset.csv", keep_default_na=False).set_index("moving")
+    logs = {p.relative_to(work).as_posix(): p.read_text() for p in (work / "logs").rglob("*.log")}
+    dataset_log = logs["logs/dataset/bad.log"]
+
+    # a repeated cover-table row: dropped with a warning naming the table and both rows
+    assert len(pairs) == 1 + len(BAD_CASES) and pairs.index.is_unique
+    assert f"WARNING srnet_core.datasets: {table}: row {len(BAD_CASES) + 1} repeats row 0" in dataset_log
+    # landmarks outside their image: one warning naming the file, though every pair uses it
+    outside = [ln for ln in dataset_log.splitlines() if "lie outside" in ln]
+    assert len(outside) == 1 and "WARNING" in outside[0], outside
+    assert f"{root / 'good/Rat-Kidney_HE.csv'}: 1 of 71 landmarks lie outside" in outside[0]
+
+    failed = pd.read_csv(work / "results/bad/tables/failed_pairs.csv", keep_default_na=False).set_index("pair_id")
+    assert len(failed) == len(BAD_CASES)
+    per_pair = pd.read_csv(work / "results/bad/tables/pairs.csv").set_index(["pair_id", "method"])
+    for name, (moving, landmarks, message, stage) in BAD_CASES.items():
         pair = pairs.loc[moving]
-        assert not (work / f"results/bad/evaluation/initial/{pair.pair_id}.json").exists(), name
-        if rule == "prepare":
+        row = failed.loc[pair.pair_id]
+        assert row["stage"] == stage and message in row["reason"], (name, row.to_dict())
+        assert row["methods"] == "initial srnet_noseg", name
+        # reported once: one ERROR line naming the file, in the log of the stage that found it
+        culprit = f"{root / landmarks}" if name in BAD_LANDMARKS else moving.split("/")[-1]
+        log = logs["logs/dataset/bad.log" if stage == "dataset" else f"logs/prepare/bad/{pair.moving_id}.log"]
+        lines = [ln for ln in log.splitlines() if "ERROR" in ln and message in ln]
+        assert len(lines) == 1 and culprit in lines[0], (name, lines)
+        assert result.stderr.count(message) == 1, name          # on the console too: once
+        for path, text in logs.items():
+            if pair.pair_id in path:
+                assert "ERROR" not in text, f"{name}: reported again in {path}"
+        if stage == "prepare":       # a failure record, refused by every reader with its reason
+            with pytest.raises(InputError, match="holds no result: prepare failed"):
+                read_prepared_attrs(work / f"results/bad/prepared/{pair.moving_id}.h5")
+        else:                        # found before anything ran: nothing prepared or registered
             assert not (work / f"results/bad/prepared/{pair.moving_id}.h5").exists(), name
-            assert not (work / f"results/bad/prepared/{pair.moving_id}.png").exists(), name
-            log = work / f"logs/prepare/bad/{pair.moving_id}.log"
+            assert not (work / f"results/bad/affine/{pair.pair_id}.json").exists(), name
+        # scored as a missing result: the initial error for every method, robustness 0; unscorable
+        # (not in the medians) when its own landmark file is the problem
+        scores = per_pair.loc[pair.pair_id]
+        assert scores["failed"].all(), name
+        if name in BAD_LANDMARKS:
+            assert not scores["scored"].any() and str(row["scored"]) == "False", name
         else:
-            log = work / f"logs/evaluate/bad/initial/{pair.pair_id}.log"
-        assert message in logs[log], f"{name}: {logs[log][-500:]}"
-        error_lines = [ln for ln in logs[log].splitlines() if "ERROR" in ln]
-        assert len(error_lines) == 1, f"{name}: expected one clear error line, got {error_lines}"
-    assert not (work / "results/bad/tables/median_rtre.csv").exists()
+            assert scores["scored"].all() and (scores["robustness"] == 0).all(), name
+            assert (scores["rtre_median"] == scores.loc["initial", "rtre_median"]).all(), name
+            assert scores["n_missing"].eq(scores["n_landmarks"]).all() and scores["seconds"].isna().all(), name
+
+    # the good pair finished; training was not blocked
+    scores = per_pair.loc[pairs.loc[GOOD_MOVING, "pair_id"]]
+    assert scores["scored"].all() and not scores["failed"].any()
+    assert scores.loc["srnet_noseg", "rtre_median"] < scores.loc["initial", "rtre_median"] / 2
+    assert (work / "results/bad/models/srnet_noseg/model.pt").exists()
+    train_log = logs["logs/train_registration/bad/srnet_noseg.log"]
+    for name in ("truncated", "blank"):
+        assert f"leaving out {pairs.loc[BAD_CASES[name][0], 'pair_id']}" in train_log
+
+    # the tables: every pair in them, the failed ones listed with their reasons
+    table_csv = pd.read_csv(work / "results/bad/tables/median_rtre.csv", index_col=0)
+    assert table_csv.loc["All", "pairs"] == 1 + len(BAD_CASES) - len(BAD_LANDMARKS)
+    anhir = pd.read_csv(work / "results/bad/tables/anhir_scores.csv").set_index(["method", "status"])
+    assert (anhir.xs("all", level="status")["pairs_failed"] == len(BAD_CASES) - len(BAD_LANDMARKS)).all()
+    md = (work / "results/bad/tables/median_rtre.md").read_text()
+    assert f"## Failed pairs: {len(BAD_CASES)} of {len(pairs)}" in md
+    assert all(f"| {pairs.loc[m, 'pair_id']} |" in md for m, *_ in BAD_CASES.values())
+    submission = pd.read_csv(work / "results/bad/submission/srnet_noseg/registration-results.csv",
+                             keep_default_na=False)
+    assert len(submission) == len(pairs)
+    assert (submission["Warped source landmarks"] != "").sum() == 1       # failed pairs: no warped landmarks
+
+    # the last check names the failed pairs and fails the run; nothing partial is left
+    check = logs["logs/check_pairs/bad.log"]
+    assert f"{len(BAD_CASES)} of {len(pairs)} pairs failed" in check
+    assert all(pairs.loc[m, "pair_id"] in check for m, *_ in BAD_CASES.values())
+    assert "Error in rule check_pairs" in result.stderr
+    assert not (work / "results/bad/tables/check_pairs.txt").exists()
     assert not list(work.rglob("*.tmp-*")), "partial outputs left behind"
+
+    # a repaired slide: the dataset stage looks again (its header changed), then that pair and the
+    # training that can now use it re-run, and the tables; the other pairs' results stay
+    shutil.copy(root / "good/Rat-Kidney_PanCytokeratin.jpg", root / "bad/blank.png")
+    cfg = (f"--configfile={work / 'cfg.yaml'}",)
+    assert job_counts(run_snakemake(work, *cfg, "-n", "--quiet", "rules"))["dataset"] == 1
+    assert run_snakemake(work, *cfg, "results/bad/dataset.csv").returncode == 0
+    counts = job_counts(run_snakemake(work, *cfg, "-n", "--quiet", "rules"))
+    assert counts == {"prepare": 1, "affine": 1, "train_registration": 1, "register": 3, "evaluate": 4,
+                      "tables": 1, "check_pairs": 1, "submission": 1, "all": 1}, counts
 
 
 def test_cover_table_missing_column_is_one_clear_error(tmp_path, birl):
@@ -286,8 +377,15 @@ def test_download_checksum_mismatch_leaves_nothing(tmp_path, birl, http_root_ser
 
 
 def test_dag_for_the_real_anhir_table(tmp_path, anhir_table):
-    """The published ANHIR cover table (images absent): the pair table is built and the DAG has one
-    prepare job per distinct image, one evaluate job per pair and one table."""
+    """The published ANHIR cover table (a small stand-in JPEG for each image, landmark files absent): the
+    pair table is built and the DAG has one prepare job per distinct image, one evaluate job per pair
+    and one table."""
+    import pyvips
+    raw = pd.read_csv(anhir_table)
+    stand_in = pyvips.Image.black(16, 12, bands=3) + 200
+    for rel in set(raw["Source image"]) | set(raw["Target image"]):
+        (tmp_path / "ANHIR" / rel).parent.mkdir(parents=True, exist_ok=True)
+        stand_in.write_to_file(str(tmp_path / "ANHIR" / rel))
     config = {"run": ["anhir"], "datasets": {"anhir": {
         "source": "local", "root": str(tmp_path / "ANHIR"), "table": str(anhir_table),
         "missing_landmarks": "unscored"}}}
@@ -298,12 +396,12 @@ def test_dag_for_the_real_anhir_table(tmp_path, anhir_table):
     dry = run_snakemake(tmp_path, *cfg, "-n", "--quiet", "rules")
     assert dry.returncode == 0, dry.stderr[-3000:]
     counts = job_counts(dry)
-    raw = pd.read_csv(anhir_table)
+    assert (pd.read_csv(tmp_path / "results/anhir/dataset.csv", keep_default_na=False)["error"] == "").all()
     distinct = len(set(raw["Source image"]) | set(raw["Target image"]))
     assert counts["prepare"] == distinct
     assert counts["evaluate"] == 481 * 6                  # initial, affine and four learned methods
     assert counts["register"] == 481 * 5 and counts["affine"] == 481 and counts["train_registration"] == 4
-    assert counts["tables"] == 1 and counts["submission"] == 1
+    assert counts["tables"] == 1 and counts["check_pairs"] == 1 and counts["submission"] == 1
 
 
 def test_srnet_on_the_real_birl_pairs_beats_initial_and_affine(birl_run):
@@ -365,7 +463,8 @@ def test_baselines_join_every_table_with_only_their_own_jobs(birl_run, tmp_path)
     dry = run_snakemake(work, f"--configfile={work / 'cfg.yaml'}", "-n", "--quiet", "rules")
     counts = job_counts(dry)
     counts.pop("all", None)
-    assert counts == {"register_baseline": 4, "evaluate": 4, "tables": 1, "submission": 1}, dry.stdout[-3000:]
+    assert counts == {"register_baseline": 4, "evaluate": 4, "tables": 1, "check_pairs": 1, "submission": 1}, \
+        dry.stdout[-3000:]
     result = run_snakemake(work, f"--configfile={work / 'cfg.yaml'}")
     assert result.returncode == 0, result.stderr[-4000:]
     table = pd.read_csv(work / "results/birl/tables/median_rtre.csv", index_col=0)
