@@ -53,6 +53,13 @@ def birl_run(birl, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def lesion1() -> Path:
+    """Three real cross-stain pairs of ANHIR lung-lesion_1 (He, CD31, Cc10) with expert landmarks."""
+    _need_shared()
+    return SHARED_DATA / "lesion1"
+
+
+@pytest.fixture(scope="session")
 def anhir_table() -> Path:
     _need_shared()
     return ANHIR_TABLE

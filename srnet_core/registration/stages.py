@@ -28,21 +28,19 @@ def pick_device():
 
 
 def affine_stage(fixed_prepared: str, moving_prepared: str, out_json: str, pair_id: str, settings: dict) -> dict:
+    """The pre-alignment of one pair. It never fails on image content: a pair with nothing to align
+    on keeps the unregistered pair, with the reason in the JSON and the log."""
     if pass_on([fixed_prepared, moving_prepared], [out_json], "affine"):   # an image failed: outcome.py
         return {}
-    from .affine import AffineSettings, pre_align, tissue_density
+    from .affine import AffineSettings, pre_align
     fixed, moving = read_prepared(fixed_prepared), read_prepared(moving_prepared)
-    for path, p in ((fixed_prepared, fixed), (moving_prepared, moving)):
-        if not p.mask.any():
-            raise InputError(path, "no tissue in the prepared image; cannot pre-align it")
-    result = pre_align(tissue_density(fixed.image, fixed.mask), tissue_density(moving.image, moving.mask),
-                       AffineSettings(**settings))
+    result = pre_align(fixed.image, moving.image, fixed.scale, moving.scale, AffineSettings(**settings))
     payload = {**result.to_json(), "pair_id": pair_id, "fixed_shape": list(fixed.mask.shape),
                "moving_shape": list(moving.mask.shape)}
     write_text_atomic(out_json, json.dumps(payload, indent=1))
-    log.info("%s: affine found in %.1fs from the %.0f deg%s start; similarity %.3f (stretched only: %.3f)",
-             pair_id, result.seconds, result.angle_deg, " flipped" if result.flipped else "", result.score,
-             result.score_identity)
+    log.info("%s: affine found in %.1fs: %s, %.0f deg%s; similarity %.3f (unregistered: %.3f)%s", pair_id,
+             result.seconds, result.chosen, result.angle_deg, " mirrored" if result.flipped else "", result.score,
+             result.score_identity, "; CLOSE CALL: " + result.reason if result.close_call else "")
     return payload
 
 
