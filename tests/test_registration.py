@@ -239,3 +239,25 @@ def test_transform_inverts_a_smooth_field_to_subpixel():
     r = p + sample_field(field, p)
     q = r @ affine[:, :2].T + affine[:, 2]
     np.testing.assert_allclose(q_full, (q + 0.5) / 0.5 - 0.5)
+
+
+def test_deformable_check_keeps_a_field_that_helps_and_rejects_one_that_hurts():
+    """The landmark-free check after the deformable step: the true shift raises the pair's own RMS local
+    NCC and is kept; a field that tears the alignment apart lowers it and is not."""
+    from scipy import ndimage
+
+    from srnet_core.registration.data import PairStack
+    from srnet_core.registration.stages import deformable_check
+    rng = np.random.default_rng(0)
+    fixed = ndimage.gaussian_filter(rng.random((96, 96)), 2)
+    fixed = ((fixed - fixed.min()) / (fixed.max() - fixed.min())).astype(np.float32)   # a density's range
+    moving = np.roll(fixed, (0, 3), axis=(0, 1))                  # moving(p + (3, 0)) = fixed(p)
+    stack = PairStack(fixed[None], moving[None], None, None, np.ones((96, 96), bool), moving[None],
+                      np.eye(3)[:2], (1.0, 1.0), (1.0, 1.0), (96, 96), (96, 96), (96, 96))
+    helps = np.zeros((2, 96, 96), np.float32)
+    helps[0] = 3.0
+    good = deformable_check(stack, helps)
+    assert good["kept"] and good["after"] > good["before"] + 0.3, good
+    hurts = rng.normal(0, 4, size=(2, 96, 96)).astype(np.float32)
+    bad = deformable_check(stack, hurts)
+    assert not bad["kept"] and bad["after"] < bad["before"], bad

@@ -148,6 +148,13 @@ def register_stage(*, fixed_prepared: str, moving_prepared: str, affine: str, pa
                  losses[coarse_steps - 1], "" if fine is None else
                  f"; then {instance_fine_steps} on the {fine.shape[1]}x{fine.shape[0]} grid, loss "
                  f"{losses[coarse_steps]:.4f} -> {losses[-1]:.4f}")
+    if loaded is not None:
+        timing["deformable_check"] = deformable_check(stack, field)
+        if not timing["deformable_check"]["kept"]:
+            log.warning("%s (%s): the deformable field lowers the pair's own similarity (RMS local NCC %.4f -> "
+                        "%.4f): not kept, the affine step alone is the result", pair_id, method_name,
+                        timing["deformable_check"]["before"], timing["deformable_check"]["after"])
+            field = np.zeros_like(field)
     coarse, field = field, stack.field_to_working(field)
     timing["seconds_register"] = time.perf_counter() - t1
     return write_registration(stack, field, coarse, pair_id, method_name, timing, t0, out_field, out_landmarks,
@@ -157,6 +164,26 @@ def register_stage(*, fixed_prepared: str, moving_prepared: str, affine: str, pa
                                "instance_levels": instance_levels if instance_steps else "",
                                "instance_fine_steps": instance_fine_steps if fine is not None else "",
                                "reflections": reflections if loaded else ""})
+
+
+def deformable_check(stack, field: np.ndarray) -> dict:
+    """Landmark-free check of a deformable result: the RMS local NCC of the fixed and moving densities
+    over the fixed tissue, after the affine step alone and with the field. A field that lowers it is
+    not kept (the pair's own similarity says the deformation made it worse)."""
+    import torch
+
+    from .affine import local_ncc2_map
+    from .warp import SpatialTransformer
+    fixed = torch.from_numpy(np.ascontiguousarray(stack.fixed, np.float32))[None]
+    moving = torch.from_numpy(np.ascontiguousarray(stack.moving, np.float32))[None]
+    weight = torch.from_numpy(stack.fixed_mask.astype(np.float32))[None, None]
+    with torch.no_grad():
+        warped = SpatialTransformer(2)(moving, torch.from_numpy(np.ascontiguousarray(field, np.float32))[None])
+
+        def rms(m):
+            return float(torch.sqrt((local_ncc2_map(fixed, m, eps=1e-6) * weight).sum() / (weight.sum() + 1e-6) + 1e-12))
+        before, after = rms(moving), rms(warped)
+    return {"before": round(before, 5), "after": round(after, 5), "kept": bool(after >= before)}
 
 
 def write_registration(stack, field: np.ndarray, coarse: np.ndarray, pair_id: str, method_name: str, timing: dict,
