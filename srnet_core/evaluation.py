@@ -150,6 +150,18 @@ def evaluate_failed_pair(fixed_landmarks: str, moving_landmarks: str, fixed_size
     return errors, {"scored": True, **failed, **summarize(errors)}
 
 
+def affine_choice(timing_files: list[str]) -> dict:
+    """What the pre-alignment chose for the pair (from its affine JSON among the timing files) and
+    whether it was a close call, for the tables' flags; empty for `initial`."""
+    import json
+    for path in timing_files:
+        if os.path.basename(os.path.dirname(path)) == "affine":
+            data = json.loads(open(path).read())
+            return {"affine_chosen": data.get("chosen", ""), "affine_close_call": bool(data.get("close_call", False)),
+                    "affine_reason": data.get("reason", "")}
+    return {}
+
+
 def execution_seconds(timing_files: list[str]) -> float:
     """A pair's execution time: the affine step's seconds plus the register job's total (model
     training, done once per dataset, is not charged to pairs); 0 for `initial` (no files)."""

@@ -217,3 +217,17 @@ def test_failed_pairs_are_listed_once_and_counted_in_the_scores():
     assert s["pairs"] == 2 and s["pairs_failed"] == 1 and s["pairs_with_missing_landmarks"] == 0
     assert s["Average-Robustness"] == pytest.approx(0.45) and s["Average-Execution-time [s]"] == 2.0
     assert failed_pairs(pairs[~pairs["failed"]]).empty
+
+
+def test_affine_choice_reads_the_close_call_flag(tmp_path):
+    import json
+
+    from srnet_core.evaluation import affine_choice
+    (tmp_path / "affine").mkdir()
+    path = tmp_path / "affine" / "p.json"
+    path.write_text(json.dumps({"chosen": "search", "close_call": True, "reason": "runner-up within 0.004"}))
+    timing = tmp_path / "timing.json"
+    timing.write_text(json.dumps({"seconds_total": 1.0}))
+    assert affine_choice([str(path), str(timing)]) == {"affine_chosen": "search", "affine_close_call": True,
+                                                       "affine_reason": "runner-up within 0.004"}
+    assert affine_choice([]) == {}

@@ -5,7 +5,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))
 from srnet_core.atomic import write_csv_atomic, write_text_atomic
-from srnet_core.evaluation import evaluate_failed_pair, evaluate_pair, execution_seconds
+from srnet_core.evaluation import affine_choice, evaluate_failed_pair, evaluate_pair, execution_seconds
 from srnet_core.h5io import read_prepared_attrs
 from srnet_core.logs import logged
 from srnet_core.outcome import failure_of
@@ -41,6 +41,7 @@ with logged(snakemake.log[0]) as log:
         errors, summary = evaluate_pair(p.fixed_landmarks, p.warped_landmarks, fixed_size, p.missing_landmarks,
                                         p.moving_landmarks)
         seconds = execution_seconds(timing)
+        summary.update(affine_choice(timing))
     summary = {"pair_id": snakemake.wildcards.pair_id, "method": snakemake.wildcards.method,
                **p.pair, "fixed_width": fixed_size[0],
                "fixed_height": fixed_size[1], "seconds": seconds, **summary}

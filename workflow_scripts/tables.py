@@ -25,6 +25,10 @@ with logged(snakemake.log[0]) as log:
     flagged = pairs[pairs["scored"] & (pairs.get("n_missing", 0) > 0) & ~pairs["failed"]]
     note = "".join(f"- not scored: {r.pair_id} ({r.method}): {r.reason}\n" for r in unscored.itertuples())
     note += "".join(f"- **flagged**: {r.pair_id} ({r.method}): {r.reason}\n" for r in flagged.itertuples())
+    if "affine_close_call" in pairs:
+        close = pairs[pairs["affine_close_call"].fillna(False).astype(bool)].drop_duplicates("pair_id")
+        note += "".join(f"- **pre-alignment close call**: {r.pair_id}: {r.affine_reason} "
+                        f"(results/{dataset}/affine/{r.pair_id}.json)\n" for r in close.itertuples())
     write_csv_atomic(snakemake.output.csv, table, index=True, float_format="%.6g")
     write_csv_atomic(snakemake.output.pairs, pairs, float_format="%.6g")
     write_csv_atomic(snakemake.output.failed, failed)
