@@ -4,7 +4,7 @@ import re
 
 from srnet_core.codehash import source_hash
 from srnet_core.config import validate_config
-from srnet_core.names import BASELINES
+from srnet_core.names import BASELINES, HISTOLOGY_BASELINES, OWN_START_BASELINES, baseline_start
 from srnet_core.datasets import read_cover_table, read_pairs
 from srnet_core.demo import demo_files
 
@@ -141,11 +141,14 @@ def evaluation_landmarks(wildcards):
 
 def registration_timing(wildcards):
     """What a pair's execution time is read from: the affine step's JSON and the method's register
-    timing (none for `initial`, which does nothing)."""
+    timing (none for `initial`, which does nothing; only the latter for the baselines from their own
+    initialisation, which do not use srnet's affine step)."""
     if wildcards.method == "initial" or pair_record(wildcards)["error"]:
         return []
-    return [f"results/{wildcards.dataset}/affine/{wildcards.pair_id}.json",
-            f"results/{wildcards.dataset}/registration/{wildcards.method}/{wildcards.pair_id}/timing.json"]
+    register = f"results/{wildcards.dataset}/registration/{wildcards.method}/{wildcards.pair_id}/timing.json"
+    if wildcards.method in OWN_START_BASELINES:
+        return [register]
+    return [f"results/{wildcards.dataset}/affine/{wildcards.pair_id}.json", register]
 
 
 def submission_landmarks(wildcards):

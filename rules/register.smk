@@ -116,11 +116,13 @@ rule warp_slide:
         "../workflow_scripts/warp_slide.py"
 
 
+# ants_syn, elastix: from srnet's affine pre-alignment; ants_syn_own, elastix_own: from their own
+# initialisation, independent of srnet's affine step (no affine input: its failure is not theirs)
 rule register_baseline:
     input:
         fixed=lambda wc: f"results/{wc.dataset}/prepared/{pair_record(wc)['fixed_id']}.h5",
         moving=lambda wc: f"results/{wc.dataset}/prepared/{pair_record(wc)['moving_id']}.h5",
-        affine="results/{dataset}/affine/{pair_id}.json",
+        affine=lambda wc: [] if baseline_start(wc.method)[1] == "own" else f"results/{wc.dataset}/affine/{wc.pair_id}.json",
         landmarks=lambda wc: existing(pair_record(wc)["moving_landmarks_path"]),
     output:
         field="results/{dataset}/registration/{method}/{pair_id}/field.h5",
@@ -134,9 +136,9 @@ rule register_baseline:
         ),
         timing="results/{dataset}/registration/{method}/{pair_id}/timing.json",
     wildcard_constraints:
-        method=alternation(BASELINES),
+        method=alternation(HISTOLOGY_BASELINES),
     params:
-        settings=lambda wc: config["registration"]["baselines"][wc.method],
+        settings=lambda wc: config["registration"]["baselines"][baseline_start(wc.method)[0]],
         moving_landmarks=lambda wc: pair_record(wc)["moving_landmarks_path"],
         missing_landmarks=lambda wc: ds_config(wc.dataset)["missing_landmarks"],
         error=lambda wc: pair_record(wc)["error"],
