@@ -170,6 +170,8 @@ def local_ncc2_map(a: torch.Tensor, b: torch.Tensor, window: int = 7, eps: float
 MIN_OVERLAP = 0.3   # below this share of the fixed frame covered by the moving one, scores shrink
 SEARCH_BLUR, REFINE_BLUR = 1.5, 1.0   # Gaussian sigma (px) of the search and refinement images
 LOCAL_WINDOW = 7    # px, the window of the structure's local NCC
+LNCC_EPS = 1e-6     # the local NCC's floor: rank-normalised views have local variances of ~1e-3
+OUTLINE_WEIGHT = 0.5
 
 
 def similarity_parts(fixed: torch.Tensor, warped: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -180,7 +182,7 @@ def similarity_parts(fixed: torch.Tensor, warped: torch.Tensor) -> tuple[torch.T
     n = warped.shape[0]
     f = fixed.expand(n, -1, -1, -1)
     outline = weighted_ncc(f[:, :1], warped[:, :1], valid)
-    lmap = local_ncc2_map(f[:, 1:2], warped[:, 1:2], LOCAL_WINDOW)
+    lmap = local_ncc2_map(f[:, 1:2], warped[:, 1:2], LOCAL_WINDOW, LNCC_EPS)
     structure = (lmap * valid).flatten(1).sum(1) / (valid.flatten(1).sum(1) + 1e-6)
     overlap = valid.flatten(1).mean(1)
     return outline, structure, overlap
@@ -191,7 +193,7 @@ def similarity(fixed: torch.Tensor, warped: torch.Tensor) -> torch.Tensor:
     the scale of a correlation), shrunk when the frames overlap on less than MIN_OVERLAP of the fixed
     frame (no score from a sliver)."""
     outline, structure, overlap = similarity_parts(fixed, warped)
-    return (0.5 * outline + 0.5 * torch.sqrt(structure + 1e-8)) * torch.clamp(overlap / MIN_OVERLAP, max=1.0)
+    return (OUTLINE_WEIGHT * outline + (1 - OUTLINE_WEIGHT) * torch.sqrt(structure + 1e-8)) * torch.clamp(overlap / MIN_OVERLAP, max=1.0)
 
 
 STRONG_SUPPORT = 15   # keypoint matches that make a candidate's support decisive
@@ -342,7 +344,7 @@ def _refine(fixed: torch.Tensor, moving: torch.Tensor, start: Params, pivot: np.
     return result, score
 
 
-@dataclass
+@dataclass(eq=False)
 class Candidate:
     source: str                  # unregistered | search | keypoints
     start: Params
@@ -486,16 +488,27 @@ def pre_align(fixed_rgb: np.ndarray, moving_rgb: np.ndarray, fixed_scale: tuple[
         p, _ = _refine(f_rb, m_rb, p, pivot, fine, settings, False, fine_steps)
         candidates.append(Candidate(source, start, p))
     _score(candidates, f_rb, m_rb, pivot, fine, matches, kp_info, kgeom if matches else None)
+    # a refinement that carries a keypoint answer away from its matches is not trusted over them: the
+    # keypoint answer as found stays a candidate of its own
+    kept_as_found = [Candidate(c.source, c.start, c.start, model="similarity (as found)") for c in candidates
+                     if c.source == "keypoints" and c.start.flipped == c.params.flipped
+                     and c.support < 0.5 * kp_info["inliers"][int(c.start.flipped) if len(kp_info["inliers"]) > 1 else 0]]
+    if kept_as_found:
+        _score(kept_as_found, f_rb, m_rb, pivot, fine, matches, kp_info, kgeom)
+        candidates += kept_as_found
     chosen, reason, close = _select(candidates, settings, size)
     if chosen is not candidates[0]:
         # the full affine, for the chosen similarity only, where it earns its margin
         q, s_aff = _refine(f_rb, m_rb, chosen.params, pivot, fine, settings, True, fine_steps)
-        if s_aff >= chosen.score + settings.affine_margin:
-            affine = Candidate(chosen.source, chosen.start, q, model="affine")
-            _score([affine], f_rb, m_rb, pivot, fine, matches, kp_info, kgeom if matches else None)
-            candidates.append(affine)
+        affine = Candidate(chosen.source, chosen.start, q, model="affine")
+        _score([affine], f_rb, m_rb, pivot, fine, matches, kp_info, kgeom if matches else None)
+        candidates.append(affine)
+        if s_aff >= chosen.score + settings.affine_margin and affine.support >= chosen.support:
             reason += f"; full affine {s_aff - chosen.score:+.4f} over its similarity"
             chosen = affine
+        else:
+            reason += (f"; full affine not kept ({s_aff - chosen.score:+.4f}, margin {settings.affine_margin}; "
+                       f"keypoint support {affine.support} vs {chosen.support})")
     for c in candidates:
         log.info("affine candidate %-12s %-10s %s -> score %.4f (outline %.3f, structure %.3f, overlap %.2f), "
                  "keypoint support %d%s", c.source, c.model, c.params.describe(), c.score, c.outline, c.structure,
@@ -504,7 +517,7 @@ def pre_align(fixed_rgb: np.ndarray, moving_rgb: np.ndarray, fixed_scale: tuple[
     matrix = work.to_grid(chosen.params.physical(pivot))
     return AffineResult(matrix, chosen.score, candidates[0].score, math.degrees(chosen.params.angle) % 360,
                         chosen.params.flipped, time.perf_counter() - t0, asdict(settings), chosen.source, reason,
-                        close, [c.to_json() for c in candidates], kp_info, candidates.index(chosen))
+                        close, [c.to_json() for c in candidates], kp_info, next(i for i, c in enumerate(candidates) if c is chosen))
 
 
 def _score(candidates: list[Candidate], fixed: torch.Tensor, moving: torch.Tensor, pivot: np.ndarray,
