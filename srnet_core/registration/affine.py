@@ -410,6 +410,18 @@ def pre_align(fixed_rgb: np.ndarray, moving_rgb: np.ndarray, fixed_scale: tuple[
               ) -> AffineResult:
     """Affine map fixed working px -> moving working px between two working RGB images whose scales
     (working px per full-resolution px) are given; the unregistered pair when nothing beats it."""
+    # one thread: the images are small (<= 256 px per refinement step), and with two threads a busy
+    # machine made each step ~10x slower (threads spinning for a core), one thread is as fast when idle
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _pre_align(fixed_rgb, moving_rgb, fixed_scale, moving_scale, settings)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _pre_align(fixed_rgb: np.ndarray, moving_rgb: np.ndarray, fixed_scale: tuple[float, float],
+               moving_scale: tuple[float, float], settings: AffineSettings | None) -> AffineResult:
     from .alignment_images import alignment_views
     settings = settings or AffineSettings()
     t0 = time.perf_counter()
