@@ -139,6 +139,23 @@ def evaluation_landmarks(wildcards):
     return existing(pair["fixed_landmarks_path"]) + ([warped] if produced else existing(warped))
 
 
+def prepared_for_evaluation(side):
+    def inputs(wildcards):
+        pair = pair_record(wildcards)
+        return [] if pair["error"] else [f"results/{wildcards.dataset}/prepared/{pair[f'{side}_id']}.h5"]
+
+    return inputs
+
+
+def fixed_header_size(wildcards):
+    """(width, height) of the fixed image from its header (dataset stage); None when unreadable."""
+    pair = pair_record(wildcards)
+    if not pair["fixed_id"]:
+        return None
+    image = images_table(wildcards.dataset).loc[pair["fixed_id"]]
+    return [int(float(image["width"])), int(float(image["height"]))] if image.get("width", "") else None
+
+
 def registration_timing(wildcards):
     """What a pair's execution time is read from: the affine step's JSON and the method's register
     timing (none for `initial`, which does nothing; only the latter for the baselines from their own

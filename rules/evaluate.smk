@@ -2,23 +2,6 @@
 # found broken has no prepared images or registration to wait for: it is scored as failed straight away.
 
 
-def prepared_for_evaluation(side):
-    def inputs(wildcards):
-        pair = pair_record(wildcards)
-        return [] if pair["error"] else [f"results/{wildcards.dataset}/prepared/{pair[side + '_id']}.h5"]
-
-    return inputs
-
-
-def fixed_header_size(wildcards):
-    """(width, height) of the fixed image from its header (dataset stage); None when unreadable."""
-    pair = pair_record(wildcards)
-    if not pair["fixed_id"]:
-        return None
-    image = images_table(wildcards.dataset).loc[pair["fixed_id"]]
-    return [int(float(image["width"])), int(float(image["height"]))] if image.get("width", "") else None
-
-
 rule evaluate:
     input:
         fixed=prepared_for_evaluation("fixed"),

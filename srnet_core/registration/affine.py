@@ -129,24 +129,6 @@ def warp_affine(moving: torch.Tensor, matrix, fixed_hw: tuple[int, int], mode: s
     return F.grid_sample(src, grid, mode=mode, padding_mode=padding_mode, align_corners=False)
 
 
-def ncc(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Global NCC per batch item of (N, 1, H, W) tensors."""
-    a = a.flatten(1) - a.flatten(1).mean(1, keepdim=True)
-    b = b.flatten(1) - b.flatten(1).mean(1, keepdim=True)
-    return (a * b).sum(1) / torch.sqrt((a * a).sum(1) * (b * b).sum(1) + 1e-12)
-
-
-def local_ncc2(a: torch.Tensor, b: torch.Tensor, window: int = 7, eps: float = 1e-4) -> torch.Tensor:
-    """Mean squared local NCC per batch item: blind to the sign of the correlation, so a structure that
-    one stain makes dark and the other bright (kidney medulla in H&E vs cytokeratin) still matches."""
-    def box(x):
-        return F.avg_pool2d(x, window, stride=1, padding=window // 2, count_include_pad=False)
-    ma, mb = box(a), box(b)
-    cross = box(a * b) - ma * mb
-    var_a, var_b = (box(a * a) - ma * ma).clamp(min=0), (box(b * b) - mb * mb).clamp(min=0)
-    return (cross * cross / (var_a * var_b + eps)).flatten(1).mean(1)
-
-
 def weighted_ncc(a: torch.Tensor, b: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """NCC per batch item of (N, 1, H, W) tensors over the weights `w` (the overlap of the two frames)."""
     a, b, w = a.flatten(1), b.flatten(1), w.flatten(1)
@@ -212,17 +194,20 @@ class Geometry:
         return Geometry((self.fixed_g[0] * fixed_f[0], self.fixed_g[1] * fixed_f[1]),
                         (self.moving_g[0] * moving_f[0], self.moving_g[1] * moving_f[1]))
 
-    def to_grid(self, physical: np.ndarray) -> np.ndarray:
-        """(3, 3) map fixed full px -> moving full px  ->  (2, 3) fixed grid px -> moving grid px."""
+    def _frames(self) -> tuple[np.ndarray, np.ndarray]:
+        """(3, 3) fixed grid px -> fixed full px, and moving full px -> moving grid px."""
         gf, gm = np.asarray(self.fixed_g, float), np.asarray(self.moving_g, float)
         cf = np.array([[1 / gf[0], 0, 0.5 / gf[0]], [0, 1 / gf[1], 0.5 / gf[1]], [0, 0, 1]])
         cm = np.array([[gm[0], 0, -0.5], [0, gm[1], -0.5], [0, 0, 1]])
+        return cf, cm
+
+    def to_grid(self, physical: np.ndarray) -> np.ndarray:
+        """(3, 3) map fixed full px -> moving full px  ->  (2, 3) fixed grid px -> moving grid px."""
+        cf, cm = self._frames()
         return (cm @ physical @ cf)[:2]
 
     def to_physical(self, grid: np.ndarray) -> np.ndarray:
-        gf, gm = np.asarray(self.fixed_g, float), np.asarray(self.moving_g, float)
-        cf = np.array([[1 / gf[0], 0, 0.5 / gf[0]], [0, 1 / gf[1], 0.5 / gf[1]], [0, 0, 1]])
-        cm = np.array([[gm[0], 0, -0.5], [0, gm[1], -0.5], [0, 0, 1]])
+        cf, cm = self._frames()
         return np.linalg.inv(cm) @ homogeneous(grid) @ np.linalg.inv(cf)
 
 

@@ -21,7 +21,6 @@ from scipy import ndimage
 
 LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 MIN_STAIN = 10.0        # RGB distance from the glass always called stained (JPEG noise is ~2-4)
-STRUCTURE = "darkness"
 NOISE_LEVELS = 4.0      # ... or this many times the glass's own noise, when that is larger
 
 
@@ -57,14 +56,8 @@ def alignment_views(rgb: np.ndarray) -> AlignmentViews:
     stained = ndimage.gaussian_filter(distance, 1.0) > threshold
     occupancy = ndimage.gaussian_filter(stained.astype(np.float32), max(1.0, 0.015 * max(h, w)), mode="nearest")
     darkness = (lum if dark_field else 255.0 - lum).astype(np.float32)
-    if STRUCTURE == "hematoxylin" and not dark_field:
-        from skimage.color import rgb2hed
-        darkness = np.round(rgb2hed(image.astype(np.uint8))[..., 0] * 2000).astype(np.float32)
-    order = np.argsort(darkness.ravel(), kind="stable")
-    ranks = np.empty(order.size, np.float32)
-    ranks[order] = np.linspace(0.0, 1.0, order.size, dtype=np.float32)
-    # equal values share one rank (the mean of theirs), so flat glass stays flat
-    flat = darkness.ravel()
-    uniq, inverse = np.unique(flat, return_inverse=True)
-    ranks = (np.bincount(inverse, ranks) / np.bincount(inverse)).astype(np.float32)[inverse]
+    # rank of each value, equal values sharing the mean of their ranks (so flat glass stays flat)
+    uniq, inverse, counts = np.unique(darkness.ravel(), return_inverse=True, return_counts=True)
+    below = np.cumsum(counts) - counts
+    ranks = ((below + 0.5 * (counts - 1)) / max(1, darkness.size - 1)).astype(np.float32)[inverse]
     return AlignmentViews(occupancy.astype(np.float32), ranks.reshape(h, w), stained, glass, float(threshold))
